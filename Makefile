@@ -1,0 +1,67 @@
+# Every tier of the project's tests. `make test` is the README's test command and the only
+# thing .ci/run calls. `make quick` is the fast tier for iteration (lint + unit, no guests).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+SANITY_ROOT := $(abspath build/sanity)/ansible_collections/mv6/transition
+# Molecule scenarios run in this order; each builds and removes its own simulated site.
+SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
+
+.PHONY: setup test quick lint ruff ansible-lint sanity unit integration molecule bench lab lab-down clean
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) sanity
+	$(MAKE) integration
+	$(MAKE) molecule
+
+quick: lint unit
+
+lint: ruff ansible-lint
+
+ruff:
+	$(BIN)/ruff check plugins tests bench
+	$(BIN)/ruff format --check plugins tests bench
+
+ansible-lint:
+	$(BIN)/ansible-lint --offline
+
+unit:
+	$(BIN)/pytest tests/unit
+
+integration:
+	@if compgen -G 'tests/integration/test_*.py' >/dev/null; then \
+	  timeout 1800 $(BIN)/pytest tests/integration; \
+	else echo "no integration tests yet"; fi
+
+# ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of
+# the tree: run it on a copy of the tracked files only, never on a tree holding a venv.
+sanity:
+	rm -rf build/sanity && mkdir -p $(SANITY_ROOT)
+	git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	cd $(SANITY_ROOT) && git init -q && git add -A && \
+	  timeout 1200 $(BIN)/ansible-test sanity --local --python 3.11 --requirements --color no
+
+molecule:
+	@for s in $(SCENARIOS); do \
+	  echo "=== molecule scenario $$s"; \
+	  timeout 1500 $(BIN)/molecule test -s $$s || exit 1; \
+	done
+
+bench:
+	$(BIN)/python bench/plan_bench.py
+
+lab: setup
+	bash scripts/lab.sh up
+
+lab-down:
+	bash scripts/lab.sh down
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis
