@@ -16,7 +16,7 @@ debian_packages=(
   # building libvirt-python and lxml into the venv
   libvirt-dev pkg-config gcc python3-dev python3-venv libxml2-dev libxslt1-dev
   # test tools: frame injection, captures, probes
-  tcpdump python3-scapy arping ndisc6 thc-ipv6 radvd iperf3 git make rsync
+  tcpdump python3-scapy arping ndisc6 thc-ipv6 radvd iperf3 git make rsync shellcheck
 )
 
 missing=()
