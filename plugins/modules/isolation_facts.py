@@ -1,0 +1,351 @@
+#!/usr/bin/python
+# Copyright (c) mv6.transition developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import xml.etree.ElementTree as ET
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.mv6.transition.plugins.module_utils import _isolation as iso
+
+DOCUMENTATION = r"""
+---
+module: isolation_facts
+short_description: Report every MV6 isolation violation of a hypervisor or a guest
+version_added: 0.1.0
+description:
+  - Reads the real state of an MV6 hypervisor (O(scope=host)) or of an MV6 guest
+    (O(scope=guest)) and returns every isolation violation it finds, with the raw findings.
+  - The module never changes anything.
+  - "Host side: addresses of any family (link-local included) on the parallel bridge, its
+    ports and the uplink; the per-interface sysctls that keep the host out of L3 on them;
+    the nftables C(bridge) table with its chains, counters and port set (counter values are
+    returned); libvirt guest NICs attached anywhere but the parallel bridge; QEMU processes
+    running as root."
+  - "Guest side (Python standard library, C(ip), C(ss) and C(nft) only, no libvirt): addresses
+    and routes of the wrong family outside loopback; listening sockets of the wrong family;
+    DHCP clients of the wrong family (C(dhclient), C(dhcpcd), C(udhcpc), systemd-networkd
+    C(DHCP=)); C(net.ipv6.conf.all.disable_ipv6) not 1 in an IPv4 guest; no rule dropping
+    the wrong family in the guest's C(inet) table."
+author:
+  - mv6.transition developers
+options:
+  scope:
+    description: Whether this runs on a hypervisor or inside a guest.
+    type: str
+    choices: [host, guest]
+    default: host
+  parallel_family:
+    description: The family of the parallel network (the guests' only family).
+    type: str
+    required: true
+    choices: [ipv4, ipv6]
+  bridge:
+    description: The parallel bridge. Required with O(scope=host).
+    type: str
+  uplink:
+    description: The uplink port of the parallel bridge, if the segment has one.
+    type: str
+  ports:
+    description:
+      - Guest ports that must be on the bridge and in the table's port set (for example the
+        C(port) entries of the plan). The bridge's actual ports are always checked.
+    type: list
+    elements: str
+    default: []
+  nft_table:
+    description:
+      - Name of the C(bridge) table on the host (O(scope=host)) or of the C(inet) table in
+        the guest (O(scope=guest)). Defaults to C(mv6_isolation) and C(mv6_guest).
+    type: str
+  libvirt_uri:
+    description: The libvirt connection used to list guest NICs (O(scope=host)).
+    type: str
+    default: qemu:///system
+  check_domains:
+    description: Whether to inspect libvirt domains (O(scope=host)).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+notes:
+  - Runs as root, for C(nft) and C(/proc).
+"""
+
+EXAMPLES = r"""
+- name: Audit the hypervisor
+  mv6.transition.isolation_facts:
+    scope: host
+    parallel_family: ipv6
+    bridge: mv6br0
+    uplink: eth1
+    ports: "{{ mv6_plan.hosts[inventory_hostname].guests.values() | map(attribute='port') }}"
+  register: audit
+
+- name: Fail on any violation
+  ansible.builtin.assert:
+    that: audit.violations | length == 0
+    fail_msg: "{{ audit.violations }}"
+
+- name: Audit a guest over the guest agent
+  mv6.transition.isolation_facts:
+    scope: guest
+    parallel_family: ipv6
+"""
+
+RETURN = r"""
+violations:
+  description: Every violation found; empty when the state is isolated.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    check:
+      description: Which check found it, for example C(host_address) or C(guest_route).
+      type: str
+    object:
+      description: The interface, sysctl, table, domain NIC or process concerned.
+      type: str
+    reason:
+      description: What is wrong, in words.
+      type: str
+  sample:
+    - check: host_address
+      object: mv6br0
+      reason: mv6br0 carries ipv4 address 198.51.100.9/24 but the host must take no L3 part
+counters:
+  description: Packet and byte counts of the named counters of the host table.
+  returned: O(scope=host)
+  type: dict
+  sample: {"drop_ethertype": {"packets": 5, "bytes": 300}}
+facts:
+  description: The raw findings the checks ran on (addresses, sysctls, ports, domains, ...).
+  returned: always
+  type: dict
+"""
+
+
+def run_json(module, argv, missing_ok=False):
+    rc, out, err = module.run_command(argv, check_rc=False)
+    if rc != 0:
+        if missing_ok:
+            return None
+        module.fail_json(msg=f"{' '.join(argv)} failed (rc {rc}): {err.strip()}")
+    text = out.strip()
+    return json.loads(text) if text else []
+
+
+def read_proc(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def processes():
+    procs = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        comm = read_proc(f"/proc/{entry}/comm")
+        status = read_proc(f"/proc/{entry}/status")
+        cmdline = read_proc(f"/proc/{entry}/cmdline")
+        if comm is None or status is None:
+            continue
+        uid = -1
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+        argv = [a for a in (cmdline or "").split("\0") if a]
+        procs.append({"pid": int(entry), "comm": comm.strip(), "uid": uid, "argv": argv})
+    return procs
+
+
+def libvirt_domains(module, uri):
+    virsh = module.get_bin_path("virsh")
+    if virsh is None:
+        return None, "virsh is not installed"
+    rc, out, err = module.run_command([virsh, "-q", "-c", uri, "list", "--all", "--name"])
+    if rc != 0:
+        return None, f"virsh list failed: {err.strip()}"
+    domains = {}
+    for name in (line.strip() for line in out.splitlines()):
+        if not name:
+            continue
+        rc, xml, err = module.run_command([virsh, "-q", "-c", uri, "dumpxml", name])
+        if rc != 0:
+            # A domain undefined between list and dumpxml is gone: nothing to check.
+            continue
+        try:
+            domains[name] = iso.domain_interfaces(xml)
+        except ET.ParseError as exc:
+            return None, f"cannot parse the XML of domain {name}: {exc}"
+    return domains, None
+
+
+def host_checks(module, params):
+    family = params["parallel_family"]
+    bridge = params["bridge"]
+    uplink = params["uplink"]
+    table = params["nft_table"] or "mv6_isolation"
+    ip = module.get_bin_path("ip", required=True)
+    nft = module.get_bin_path("nft", required=True)
+
+    links = run_json(module, [ip, "-j", "-d", "link", "show"])
+    addrs = run_json(module, [ip, "-j", "addr", "show"])
+    violations = iso.check_links_present(links, bridge, uplink)
+    actual_ports = iso.bridge_ports(links, bridge)
+    expected_ports = sorted(
+        set(params["ports"]) | set(actual_ports) | ({uplink} if uplink else set())
+    )
+    existing = {link.get("ifname") for link in links}
+    l2_only = [bridge, *[p for p in expected_ports if p in existing]]
+    violations += iso.check_no_addresses(addrs, l2_only)
+
+    sysctls = {}
+    for ifname in l2_only:
+        if ifname not in existing:
+            continue
+        sysctls[ifname] = {
+            template: read_proc("/proc/sys/" + iso.sysctl_path(template, ifname))
+            for template in iso.HOST_SYSCTLS
+        }
+    violations += iso.check_sysctls(sysctls)
+
+    table_json = run_json(module, [nft, "-j", "list", "table", "bridge", table], missing_ok=True)
+    nft_violations, counters = iso.check_nft_table(
+        table_json, table, [p for p in expected_ports if p in existing]
+    )
+    violations += nft_violations
+
+    domains = None
+    if params["check_domains"]:
+        domains, problem = libvirt_domains(module, params["libvirt_uri"])
+        if problem:
+            violations.append(iso.violation("guest_nic", params["libvirt_uri"], problem))
+        else:
+            violations += iso.check_domain_interfaces(domains, bridge)
+
+    qemu = [p for p in processes() if iso.QEMU_NAMES.match(p["comm"])]
+    violations += iso.check_qemu_processes(qemu)
+
+    facts = {
+        "scope": "host",
+        "parallel_family": family,
+        "bridge": bridge,
+        "bridge_ports": actual_ports,
+        "l2_only_interfaces": l2_only,
+        "addresses": {
+            a["ifname"]: [f"{i.get('local')}/{i.get('prefixlen')}" for i in a.get("addr_info", [])]
+            for a in addrs
+            if a.get("ifname") in l2_only
+        },
+        "sysctls": {
+            iso.sysctl_key(iso.sysctl_path(t, ifname)): v.strip() if v else v
+            for ifname, reads in sysctls.items()
+            for t, v in reads.items()
+        },
+        "nft_table_present": table_json is not None,
+        "domains": domains,
+        "qemu_processes": [{"pid": p["pid"], "uid": p["uid"], "comm": p["comm"]} for p in qemu],
+    }
+    return violations, facts, counters
+
+
+def guest_checks(module, params):
+    family = params["parallel_family"]
+    wrong = iso.other_family(family)
+    flag = "-4" if wrong == "ipv4" else "-6"
+    table = params["nft_table"] or "mv6_guest"
+    ip = module.get_bin_path("ip", required=True)
+
+    addrs = run_json(module, [ip, "-j", "addr", "show"])
+    violations = iso.check_guest_addresses(addrs, family)
+    routes = run_json(module, [ip, "-j", flag, "route", "show", "table", "all"], missing_ok=True)
+    violations += iso.check_guest_routes(routes or [], family)
+
+    sockets = []
+    ss = module.get_bin_path("ss")
+    if ss is None:
+        violations.append(iso.violation("guest_listener", "ss", "ss is not installed"))
+    else:
+        rc, out, err = module.run_command([ss, "-H", "-l", "-n", "-t", "-u"])
+        if rc != 0:
+            module.fail_json(msg=f"ss failed (rc {rc}): {err.strip()}")
+        sockets = iso.parse_ss(out)
+        violations += iso.check_listeners(sockets, family)
+
+    procs = processes()
+    dhcp = [p for p in procs if iso.dhcp_client_families(p["comm"], p["argv"] or [p["comm"]])]
+    violations += iso.check_dhcp_processes(dhcp, family)
+    networkd_files = {}
+    if any(p["comm"] == "systemd-network" for p in procs):
+        for pattern in ("/etc/systemd/network/*.network", "/run/systemd/network/*.network"):
+            for path in sorted(glob.glob(pattern)):
+                networkd_files[path] = read_proc(path) or ""
+        violations += iso.check_networkd_files(networkd_files, family)
+
+    disable_ipv6 = read_proc("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+    violations += iso.check_ipv6_disabled(disable_ipv6, family)
+
+    nft = module.get_bin_path("nft")
+    table_json = None
+    if nft is not None:
+        table_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
+    violations += iso.check_guest_nft(table_json, family, table)
+
+    facts = {
+        "scope": "guest",
+        "parallel_family": family,
+        "addresses": {
+            a["ifname"]: [f"{i.get('local')}/{i.get('prefixlen')}" for i in a.get("addr_info", [])]
+            for a in addrs
+        },
+        "wrong_family_routes": routes or [],
+        "listeners": sockets,
+        "dhcp_clients": [{"pid": p["pid"], "comm": p["comm"], "argv": p["argv"]} for p in dhcp],
+        "networkd_files": sorted(networkd_files),
+        "ipv6_all_disable_ipv6": disable_ipv6.strip() if disable_ipv6 else None,
+        "nft_table_present": table_json is not None,
+    }
+    return violations, facts, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "scope": {"type": "str", "choices": ["host", "guest"], "default": "host"},
+            "parallel_family": {"type": "str", "required": True, "choices": ["ipv4", "ipv6"]},
+            "bridge": {"type": "str"},
+            "uplink": {"type": "str"},
+            "ports": {"type": "list", "elements": "str", "default": []},
+            "nft_table": {"type": "str"},
+            "libvirt_uri": {"type": "str", "default": "qemu:///system"},
+            "check_domains": {"type": "bool", "default": True},
+        },
+        required_if=[("scope", "host", ["bridge"])],
+        supports_check_mode=True,
+    )
+    # Parse the C locale's output of ip/ss whatever the target's locale is.
+    module.run_command_environ_update = {"LANG": "C", "LC_ALL": "C"}
+    if module.params["scope"] == "host":
+        violations, facts, counters = host_checks(module, module.params)
+    else:
+        violations, facts, counters = guest_checks(module, module.params)
+    result = {"changed": False, "violations": violations, "facts": facts}
+    if counters is not None:
+        result["counters"] = counters
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
