@@ -1,0 +1,1150 @@
+# Copyright: (c) 2026, mv6.transition contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The fleet address planner of mv6.transition.
+
+PRIVATE to the collection: the filters and the address_plan action plugin are its only users,
+and its interface may change without notice.
+
+Pure functions over plain data (dicts, lists, str, int, bool). netaddr parses and validates
+the site's input; the allocation loop itself is plain integer arithmetic, so a plan never
+enumerates an address range. Every bad input raises ValueError whose message starts with the
+name of the offending variable. docs/planner.md explains the rules.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import socket
+import tempfile
+
+try:
+    import netaddr
+except ImportError:  # pragma: no cover - reported by require_netaddr()
+    netaddr = None
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - ansible-core always ships PyYAML
+    yaml = None
+
+PLAN_VERSION = 1
+PLAN_HEADER = (
+    "# mv6.transition address plan, written by mv6.transition.address_plan.\n"
+    "# Slots never move: a removed host or guest stays here, released, until pruned on purpose.\n"
+)
+
+FAMILIES = ("ipv4", "ipv6")
+LAYOUTS = ("per_host", "shared")
+ADDRESS_MODES = ("eui64", "sequential")
+PERSISTENCE = ("persistent", "non_persistent")
+STATES = ("running", "stopped", "absent")
+PARALLEL_KEYS = frozenset(
+    ("prefix", "layout", "host_prefixlen", "address_mode", "bridge", "uplink", "gateway", "dns")
+)
+GUEST_KEYS = frozenset(
+    (
+        "name",
+        "vcpus",
+        "memory_mib",
+        "image",
+        "persistence",
+        "state",
+        "router",
+        "address",
+        "disk_gib",
+    )
+)
+# Inclusive integer ranges of the guest sizing keys.
+GUEST_INT_RANGES = {"vcpus": (1, 256), "memory_mib": (32, 4194304), "disk_gib": (1, 65536)}
+DEFAULT_BRIDGE = "mv6br0"
+
+# Every planned MAC is 02:6d:xx:xx:xx:xx. 0x02 = locally administered, unicast; 0x6d ("m")
+# marks MV6. per_host: host slot in bytes 3-4, guest slot in bytes 5-6. shared: the fleet-wide
+# guest slot in bytes 3-6.
+MAC_HEAD = "02:6d:"
+MAC_PER_HOST_SLOTS = 1 << 16
+MAC_SHARED_SLOTS = 1 << 32
+
+# Offsets inside a subnet: 0 is the network (v4) or subnet-router anycast (v6) address, 1 is
+# kept for the gateway (the router guest, or nobody), guests in sequential mode start at 2.
+GATEWAY_OFFSET = 1
+FIRST_GUEST_OFFSET = 2
+
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+_NTOP = socket.inet_ntop
+_AF = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+_BITS = {"ipv4": 32, "ipv6": 128}
+# Ranges no parallel network may use: unspecified/loopback/mapped, link-local, multicast and
+# reserved space.
+_FORBIDDEN = {
+    "ipv4": ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"),
+    "ipv6": ("::/8", "fe80::/10", "ff00::/8"),
+}
+
+_PORTS: list[str] = []
+_HEX: list[str] = []
+_HEX_PAIR: list[str] = []
+
+
+def _port(slot: int) -> str:
+    while len(_PORTS) <= slot:
+        _PORTS.append(f"mv6p{len(_PORTS)}")
+    return _PORTS[slot]
+
+
+def _hex(n: int) -> str:
+    while len(_HEX) <= n:
+        _HEX.append(f"{len(_HEX):x}")
+    return _HEX[n]
+
+
+def _hex_pair(n: int) -> str:
+    """'hh:hh' of a 16-bit value (the last two bytes of a per_host MAC)."""
+    while len(_HEX_PAIR) <= n:
+        i = len(_HEX_PAIR)
+        _HEX_PAIR.append(f"{i >> 8:02x}:{i & 255:02x}")
+    return _HEX_PAIR[n]
+
+
+def require_netaddr() -> None:
+    if netaddr is None:
+        raise ValueError("netaddr: the Python library netaddr is required on the controller")
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _pton(family: str, text: str) -> int:
+    """An address from the plan file as int; the plan file was checked by check_plan."""
+    try:
+        return int.from_bytes(socket.inet_pton(_AF[family], text), "big")
+    except (OSError, TypeError):
+        raise ValueError(f"mv6_plan_file: {text!r} is not an {family} address") from None
+
+
+def _text(family: str, value: int) -> str:
+    return _NTOP(_AF[family], value.to_bytes(_BITS[family] // 8, "big"))
+
+
+class Site:
+    """The site's parallel network, validated: mv6_native_family plus mv6_parallel."""
+
+    __slots__ = (
+        "address_mode",
+        "bits",
+        "bridge",
+        "dns",
+        "family",
+        "gateway",
+        "host_prefixlen",
+        "host_size",
+        "layout",
+        "max_guest_slot",
+        "max_host_slot",
+        "native_family",
+        "prefix",
+        "prefix_text",
+        "prefixlen",
+        "uplink",
+    )
+
+    def to_plan_header(self) -> dict:
+        return {
+            "version": PLAN_VERSION,
+            "native_family": self.native_family,
+            "parallel_family": self.family,
+            "prefix": self.prefix_text,
+            "layout": self.layout,
+            "host_prefixlen": self.host_prefixlen,
+            "address_mode": self.address_mode,
+        }
+
+    def subnet_base(self, host_slot: int) -> int:
+        if self.layout == "shared":
+            return self.prefix
+        return self.prefix + (host_slot << (self.bits - self.host_prefixlen))
+
+    def subnet_text(self, host_slot: int) -> str:
+        return f"{_text(self.family, self.subnet_base(host_slot))}/{self.host_prefixlen}"
+
+    def mac_int(self, host_slot: int, guest_slot: int) -> int:
+        if self.layout == "shared":
+            return 0x026D << 32 | guest_slot
+        return 0x026D << 32 | host_slot << 16 | guest_slot
+
+    def slot_address(self, host_slot: int, guest_slot: int, router: bool = False) -> int:
+        """The address a slot gets when the guest gives none (ints in, int out)."""
+        base = self.subnet_base(host_slot)
+        if self.address_mode == "eui64":
+            return base | eui64_iid(self.mac_int(host_slot, guest_slot))
+        if router and self.gateway is None:
+            return base + GATEWAY_OFFSET
+        return base + FIRST_GUEST_OFFSET + guest_slot
+
+
+def mac_text(mac: int) -> str:
+    b = mac.to_bytes(6, "big")
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def eui64_iid(mac: int) -> int:
+    """Modified EUI-64 interface identifier of a 48-bit MAC (RFC 4291, appendix A)."""
+    high = (mac >> 24) ^ 0x020000
+    return high << 40 | 0xFFFE << 24 | (mac & 0xFFFFFF)
+
+
+def _parse_family(native_family: object) -> str:
+    if native_family not in FAMILIES:
+        raise ValueError(f"mv6_native_family: must be ipv4 or ipv6, got {native_family!r}")
+    return str(native_family)
+
+
+def _parse_ifname(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _IFNAME.fullmatch(value):
+        raise ValueError(
+            f"{name}: must be an interface name of 1 to 15 letters, digits or _.:-, got {value!r}"
+        )
+    return value
+
+
+def _parse_address(name: str, value: object, family: str) -> int:
+    """An address of the parallel family as int; name is the variable to blame."""
+    require_netaddr()
+    if not isinstance(value, str) or "/" in value:
+        raise ValueError(f"{name}: must be an IP address without prefix length, got {value!r}")
+    try:
+        addr = netaddr.IPAddress(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ValueError(f"{name}: {value!r} is not an IP address") from None
+    got = f"ipv{addr.version}"
+    if got != family:
+        raise ValueError(
+            f"{name}: {value} is an {got} address, but mv6_parallel.prefix is {family}"
+        )
+    return int(addr)
+
+
+def parse_site(native_family: object, parallel: object) -> Site:
+    """Validate mv6_native_family and mv6_parallel; return the normalised Site.
+
+    native_family may be None for one-off filter use: the native family is then taken to be the
+    family the prefix is not.
+    """
+    require_netaddr()
+    if not isinstance(parallel, dict):
+        raise ValueError(f"mv6_parallel: must be a dict, got {_type_name(parallel)}")
+    unknown = sorted(str(k) for k in parallel if k not in PARALLEL_KEYS)
+    if unknown:
+        raise ValueError(
+            f"mv6_parallel: unknown key(s) {', '.join(unknown)}; known keys: "
+            f"{', '.join(sorted(PARALLEL_KEYS))}"
+        )
+    site = Site()
+    raw_prefix = parallel.get("prefix")
+    if raw_prefix is None:
+        raise ValueError("mv6_parallel.prefix: is required (the parallel network's site block)")
+    if not isinstance(raw_prefix, str) or "/" not in raw_prefix:
+        raise ValueError(
+            f"mv6_parallel.prefix: must be a network in CIDR notation such as "
+            f"2001:db8:600::/48, got {raw_prefix!r}"
+        )
+    try:
+        net = netaddr.IPNetwork(raw_prefix)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ValueError(f"mv6_parallel.prefix: {raw_prefix!r} is not an IP network") from None
+    family = f"ipv{net.version}"
+    native = "ipv6" if family == "ipv4" else "ipv4"
+    if native_family is not None:
+        native = _parse_family(native_family)
+    if family == native:
+        raise ValueError(
+            f"mv6_parallel.prefix: {raw_prefix} is {family}, the same family as "
+            f"mv6_native_family; the parallel network must run the other family"
+        )
+    if net.ip != net.network:
+        raise ValueError(
+            f"mv6_parallel.prefix: {raw_prefix} is not a network address (host bits are set); "
+            f"the network is {net.cidr}"
+        )
+    for forbidden in _FORBIDDEN[family]:
+        other = netaddr.IPNetwork(forbidden)
+        if net.first <= other.last and other.first <= net.last:
+            raise ValueError(
+                f"mv6_parallel.prefix: {raw_prefix} overlaps reserved range {forbidden}"
+            )
+    site.native_family = native
+    site.family = family
+    site.bits = _BITS[family]
+    site.prefix = int(net.network)
+    site.prefixlen = net.prefixlen
+    site.prefix_text = f"{_text(family, site.prefix)}/{net.prefixlen}"
+
+    layout = parallel.get("layout", "per_host")
+    if layout not in LAYOUTS:
+        raise ValueError(f"mv6_parallel.layout: must be per_host or shared, got {layout!r}")
+    site.layout = layout
+
+    mode = parallel.get("address_mode", "eui64" if family == "ipv6" else "sequential")
+    if mode not in ADDRESS_MODES:
+        raise ValueError(f"mv6_parallel.address_mode: must be eui64 or sequential, got {mode!r}")
+    if mode == "eui64" and family == "ipv4":
+        raise ValueError(
+            "mv6_parallel.address_mode: eui64 needs an ipv6 parallel network; "
+            "mv6_parallel.prefix is ipv4, use sequential"
+        )
+    site.address_mode = mode
+
+    hpl = parallel.get("host_prefixlen")
+    if layout == "shared":
+        if hpl is not None and hpl != net.prefixlen:
+            raise ValueError(
+                f"mv6_parallel.host_prefixlen: must be left out or equal the prefix length "
+                f"({net.prefixlen}) with layout shared, got {hpl!r}"
+            )
+        hpl = net.prefixlen
+    elif hpl is None:
+        hpl = 64 if family == "ipv6" else 24
+    if not _is_int(hpl) or not 1 <= hpl <= site.bits:
+        raise ValueError(
+            f"mv6_parallel.host_prefixlen: must be an integer from 1 to {site.bits}, got {hpl!r}"
+        )
+    if layout == "per_host" and hpl <= net.prefixlen:
+        raise ValueError(
+            f"mv6_parallel.host_prefixlen: /{hpl} is not longer than mv6_parallel.prefix "
+            f"{site.prefix_text}; each host needs a slice of it"
+        )
+    if mode == "eui64" and hpl != 64:
+        what = "mv6_parallel.prefix" if layout == "shared" else "mv6_parallel.host_prefixlen"
+        raise ValueError(
+            f"{what}: address_mode eui64 needs a /64 subnet (the length SLAAC works on), got /{hpl}"
+        )
+    # network/anycast, gateway and (v4) broadcast take 3 addresses.
+    if (1 << (site.bits - hpl)) < 4:
+        raise ValueError(
+            f"mv6_parallel.host_prefixlen: /{hpl} leaves no address for a guest "
+            f"(network, gateway and broadcast come first); use /{site.bits - 2} or shorter"
+        )
+    site.host_prefixlen = hpl
+    site.host_size = 1 << (site.bits - hpl)
+    mac_slots = MAC_SHARED_SLOTS if layout == "shared" else MAC_PER_HOST_SLOTS
+    if mode == "eui64":
+        site.max_guest_slot = mac_slots - 1
+    else:
+        reserved = 4 if family == "ipv4" else 3  # network, gateway, first guest, broadcast
+        site.max_guest_slot = min(mac_slots, site.host_size - reserved + 1) - 1
+    if layout == "shared":
+        site.max_host_slot = MAC_PER_HOST_SLOTS - 1
+    else:
+        site.max_host_slot = min(1 << (hpl - net.prefixlen), MAC_PER_HOST_SLOTS) - 1
+
+    site.bridge = _parse_ifname("mv6_parallel.bridge", parallel.get("bridge", DEFAULT_BRIDGE))
+    uplink = parallel.get("uplink")
+    site.uplink = None if uplink is None else _parse_ifname("mv6_parallel.uplink", uplink)
+
+    gateway = parallel.get("gateway")
+    site.gateway = None
+    if gateway is not None:
+        if layout == "per_host":
+            raise ValueError(
+                "mv6_parallel.gateway: only allowed with layout shared; with layout per_host "
+                "each host's guest marked router: true is its subnet's gateway"
+            )
+        gw = _parse_address("mv6_parallel.gateway", gateway, family)
+        _check_in_subnet("mv6_parallel.gateway", gw, site, site.prefix, family)
+        site.gateway = gw
+
+    dns = parallel.get("dns", [])
+    if dns is None:
+        dns = []
+    if not isinstance(dns, list):
+        raise ValueError(f"mv6_parallel.dns: must be a list of addresses, got {_type_name(dns)}")
+    site.dns = [
+        _text(family, _parse_address(f"mv6_parallel.dns[{i}]", d, family))
+        for i, d in enumerate(dns)
+    ]
+    return site
+
+
+def _check_in_subnet(name: str, addr: int, site: Site, base: int, family: str) -> None:
+    size = site.host_size
+    subnet = f"{_text(family, base)}/{site.host_prefixlen}"
+    text = _text(family, addr)
+    if not base <= addr < base + size:
+        raise ValueError(f"{name}: {text} is outside its subnet {subnet}")
+    if addr == base:
+        what = "network address" if family == "ipv4" else "subnet-router anycast address"
+        raise ValueError(f"{name}: {text} is the {what} of {subnet}")
+    if family == "ipv4" and addr == base + size - 1:
+        raise ValueError(f"{name}: {text} is the broadcast address of {subnet}")
+
+
+_STATE_RELEASED = {"running": False, "stopped": False, "absent": True}
+_NAMES = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\n)*")
+
+
+class HostGuests:
+    """One host's validated mv6_guests, as columns: names sorted, the rest by name."""
+
+    __slots__ = ("explicit", "names", "released", "routers")
+
+    def __init__(self, names: list, routers: frozenset, explicit: dict, released: frozenset):
+        self.names = names
+        self.routers = routers
+        self.explicit = explicit  # name -> (address as given, index in mv6_guests)
+        self.released = released
+
+
+_NO_GUESTS = HostGuests([], frozenset(), {}, frozenset())
+
+
+def parse_guests(host: str, guests: object) -> HostGuests:
+    """Validate one host's mv6_guests. Addresses are checked later, against the subnet.
+
+    This runs over every guest of the fleet, so it checks column by column with C-level
+    builtins; when anything is off, _guest_error() walks the guests one by one to name the
+    first bad one.
+    """
+    if guests is None:
+        return _NO_GUESTS
+    if not isinstance(guests, list):
+        raise ValueError(f"mv6_guests on host {host}: must be a list, got {_type_name(guests)}")
+    if not guests:
+        return _NO_GUESTS
+    try:
+        names = _columns_ok(guests)
+    except (KeyError, TypeError, ValueError):
+        names = None
+    if names is None:
+        for i, g in enumerate(guests):
+            _guest_error(host, i, g)
+        raise ValueError(f"mv6_guests on host {host}: is not valid")  # pragma: no cover
+    if len(set(names)) != len(names):
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in first:
+                raise ValueError(
+                    f"mv6_guests[{i}].name on host {host}: duplicate guest name {name} "
+                    f"(also mv6_guests[{first[name]}])"
+                )
+            first[name] = i
+    present = set().union(*guests)
+    routers: frozenset = frozenset()
+    released: frozenset = frozenset()
+    explicit: dict = {}
+    if "router" in present:
+        routers = frozenset(g["name"] for g in guests if g.get("router"))
+    if "state" in present:
+        released = frozenset(g["name"] for g in guests if g.get("state") == "absent")
+    if "address" in present:
+        explicit = {
+            g["name"]: (g["address"], i)
+            for i, g in enumerate(guests)
+            if g.get("address") is not None
+        }
+    names.sort()
+    return HostGuests(names, routers, explicit, released)
+
+
+_DICT_ONLY = {dict}
+_INT_ONLY = {int}
+_STR_ONLY = {str}
+_BOOL_ONLY = {bool}
+
+
+def _columns_ok(guests: list) -> list | None:
+    """The guests' names if every guest is valid (duplicates aside), else None."""
+    if set(map(type, guests)) != _DICT_ONLY or not all(map(GUEST_KEYS.issuperset, guests)):
+        return None
+    names = [g["name"] for g in guests]
+    if set(map(type, names)) != _STR_ONLY:
+        return None
+    joined = "\n".join(names) + "\n"
+    if joined.count("\n") != len(names) or _NAMES.fullmatch(joined) is None:
+        return None
+    present = set().union(*guests)
+    for key, (low, high) in GUEST_INT_RANGES.items():
+        if key in present:
+            values = [g.get(key, low) for g in guests]
+            if set(map(type, values)) != _INT_ONLY or min(values) < low or max(values) > high:
+                return None
+    if "router" in present:
+        values = [g.get("router", False) for g in guests]
+        if set(map(type, values)) != _BOOL_ONLY:
+            return None
+    if "state" in present and not {g.get("state", "running") for g in guests} <= _STATES:
+        return None
+    if "persistence" in present and not {g.get("persistence", "persistent") for g in guests} <= (
+        _PERSISTENCE
+    ):
+        return None
+    if "image" in present:
+        values = [g.get("image", "x") for g in guests]
+        if set(map(type, values)) != _STR_ONLY or not all(values):
+            return None
+    return names
+
+
+_STATES = frozenset(STATES)
+_PERSISTENCE = frozenset(PERSISTENCE)
+
+
+def _guest_error(host: str, i: int, g: object) -> None:
+    """Find what is wrong with guest i of host, raise ValueError; return if nothing is."""
+    where = f"on host {host}"
+    if not isinstance(g, dict):
+        raise ValueError(
+            f"mv6_guests[{i}] {where}: must be a dict with at least name, got {_type_name(g)}"
+        )
+    unknown = sorted(str(k) for k in g if k not in GUEST_KEYS)
+    if unknown:
+        raise ValueError(
+            f"mv6_guests[{i}] {where}: unknown key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(GUEST_KEYS))}"
+        )
+    name = g.get("name")
+    if type(name) is not str or _HOSTNAME.fullmatch(name) is None:
+        raise ValueError(
+            f"mv6_guests[{i}].name {where}: {name!r} is not a valid hostname "
+            f"(1 to 63 lowercase letters, digits or '-', not starting or ending with '-')"
+        )
+    for key, (low, high) in GUEST_INT_RANGES.items():
+        v = g.get(key, low)
+        if type(v) is not int or not low <= v <= high:
+            raise ValueError(
+                f"mv6_guests[{i}].{key} {where}: must be an integer from {low} to {high}, got {v!r}"
+            )
+    router = g.get("router", False)
+    if router is not True and router is not False:
+        raise ValueError(f"mv6_guests[{i}].router {where}: must be true or false, got {router!r}")
+    for key, choices, default in (
+        ("state", STATES, "running"),
+        ("persistence", PERSISTENCE, "persistent"),
+    ):
+        v = g.get(key, default)
+        if v not in choices:
+            raise ValueError(
+                f"mv6_guests[{i}].{key} {where}: must be one of {', '.join(choices)}, got {v!r}"
+            )
+    image = g.get("image", "x")
+    if type(image) is not str or not image:
+        raise ValueError(
+            f"mv6_guests[{i}].image {where}: must be a non-empty string, got {image!r}"
+        )
+
+
+def _native_overlaps(site: Site, host: str, native: dict) -> None:
+    """Fail when the parallel prefix overlaps an address, gateway or network the host has."""
+    require_netaddr()
+    first, last = site.prefix, site.prefix + (1 << (site.bits - site.prefixlen)) - 1
+    for source, values in sorted(native.items()):
+        for value in values or []:
+            try:
+                net = netaddr.IPNetwork(str(value).split("%")[0])
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                continue
+            if f"ipv{net.version}" != site.family:
+                continue
+            if net.first <= last and first <= net.last:
+                raise ValueError(
+                    f"mv6_parallel.prefix: {site.prefix_text} overlaps {value} of host {host} "
+                    f"({source}); the parallel network must not touch the native one"
+                )
+
+
+_HOST_KEYS = {"slot": int, "released": bool, "subnet": str, "dns": list, "guests": dict}
+_GUEST_ENTRY_KEYS = {
+    "slot": int,
+    "released": bool,
+    "mac": str,
+    "address": str,
+    "prefixlen": int,
+    "port": str,
+    "router": bool,
+}
+
+
+def check_plan(plan: object) -> dict:
+    """Check the shape of a plan read from the plan file; ValueError says what is wrong."""
+    if not isinstance(plan, dict):
+        raise ValueError(f"the plan is a {_type_name(plan)}, not a mapping")
+    if plan.get("version") != PLAN_VERSION:
+        raise ValueError(f"version is {plan.get('version')!r}, expected {PLAN_VERSION}")
+    for key in ("native_family", "parallel_family", "prefix", "layout", "address_mode"):
+        if not isinstance(plan.get(key), str):
+            raise ValueError(f"{key} is missing or not a string")
+    if type(plan.get("host_prefixlen")) is not int:
+        raise ValueError("host_prefixlen is missing or not an integer")
+    hosts = plan.get("hosts")
+    if not isinstance(hosts, dict):
+        raise ValueError("hosts is missing or not a mapping")
+    host_slots: dict[int, str] = {}
+    fleet_slots: dict[int, str] = {}
+    shared = plan["layout"] == "shared"
+    for host, entry in hosts.items():
+        if type(entry) is not dict:
+            raise ValueError(f"hosts.{host} is not a mapping")
+        for key, kind in _HOST_KEYS.items():
+            if type(entry.get(key)) is not kind:
+                raise ValueError(f"hosts.{host}.{key} is missing or not a {kind.__name__}")
+        hslot = entry["slot"]
+        if hslot in host_slots:
+            raise ValueError(f"hosts {host_slots[hslot]} and {host} share slot {hslot}")
+        host_slots[hslot] = host
+        slots = fleet_slots if shared else {}
+        for guest, g in entry["guests"].items():
+            if type(g) is not dict:
+                raise ValueError(f"hosts.{host}.guests.{guest} is not a mapping")
+            for key, kind in _GUEST_ENTRY_KEYS.items():
+                if type(g.get(key)) is not kind:
+                    raise ValueError(
+                        f"hosts.{host}.guests.{guest}.{key} is missing or not a {kind.__name__}"
+                    )
+            gslot = g["slot"]
+            if gslot in slots:
+                raise ValueError(f"guests {slots[gslot]} and {host}/{guest} share slot {gslot}")
+            slots[gslot] = f"{host}/{guest}"
+    return plan
+
+
+def _check_same_site(site: Site, previous: dict) -> None:
+    header = site.to_plan_header()
+    names = {
+        "native_family": "mv6_native_family",
+        "parallel_family": "mv6_parallel.prefix",
+        "prefix": "mv6_parallel.prefix",
+        "layout": "mv6_parallel.layout",
+        "host_prefixlen": "mv6_parallel.host_prefixlen",
+        "address_mode": "mv6_parallel.address_mode",
+    }
+    for key, variable in names.items():
+        if previous.get(key) != header[key]:
+            raise ValueError(
+                f"{variable}: is {header[key]}, but the plan file was made with "
+                f"{previous.get(key)}; changing it would move every allocation. Move the plan "
+                f"file away to renumber on purpose"
+            )
+
+
+def _lowest_free(used, start: int) -> int:
+    s = start
+    while s in used:
+        s += 1
+    return s
+
+
+def build_plan(
+    native_family: object,
+    parallel: object,
+    guests_by_host: dict,
+    previous: dict | None = None,
+    *,
+    prune: bool = False,
+    release_hosts: object = (),
+    native_by_host: dict | None = None,
+) -> dict:
+    """Plan the parallel network of the hosts in guests_by_host (the hosts in the play).
+
+    previous is the plan file's content (already checked with check_plan) or None. Hosts of
+    previous that are not in guests_by_host are copied unchanged. Raises ValueError naming the
+    variable at fault; nothing is partially returned.
+    """
+    enabled = gc.isenabled()
+    # The plan is one dict per guest: hundreds of thousands of young objects that are never
+    # cyclic garbage. Collecting them while they are built costs about a third of the run.
+    gc.disable()
+    try:
+        return _build_plan(
+            native_family, parallel, guests_by_host, previous, prune, release_hosts, native_by_host
+        )
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_plan(
+    native_family: object,
+    parallel: object,
+    guests_by_host: dict,
+    previous: dict | None,
+    prune: bool,
+    release_hosts: object,
+    native_by_host: dict | None,
+) -> dict:
+    site = parse_site(native_family, parallel)
+    if not isinstance(release_hosts, (list, tuple, set, frozenset)):
+        raise ValueError(
+            f"release_hosts: must be a list of host names, got {_type_name(release_hosts)}"
+        )
+    release = {str(h) for h in release_hosts}
+    prev_hosts: dict = {}
+    if previous is not None:
+        _check_same_site(site, previous)
+        prev_hosts = previous["hosts"]
+    for h in sorted(release):
+        if h not in prev_hosts and h not in guests_by_host:
+            raise ValueError(f"release_hosts: {h} is neither in the plan nor in the play")
+
+    in_play = sorted(guests_by_host)
+    parsed = {h: parse_guests(h, guests_by_host[h]) for h in in_play}
+    for h in in_play:
+        if native_by_host and native_by_host.get(h):
+            _native_overlaps(site, h, native_by_host[h])
+
+    shared = site.layout == "shared"
+    family = site.family
+
+    # Host slots: kept from the plan file, else the lowest free one, in sorted-name order.
+    used_host_slots = {e["slot"] for e in prev_hosts.values()}
+    host_slot: dict[str, int] = {}
+    next_free = 0
+    for h in in_play:
+        prev = prev_hosts.get(h)
+        if prev is not None:
+            host_slot[h] = prev["slot"]
+            continue
+        next_free = _lowest_free(used_host_slots, next_free)
+        host_slot[h] = next_free
+        used_host_slots.add(next_free)
+    if used_host_slots and max(used_host_slots) > site.max_host_slot:
+        _hosts_exhausted(site, len(used_host_slots))
+
+    # Routers: one per host (per_host) or one in the whole fleet (shared).
+    routers: list[str] = []
+    for h in in_play:
+        hg = parsed[h]
+        mine = sorted(hg.routers - hg.released) if h not in release else []
+        if len(mine) > 1 and not shared:
+            raise ValueError(
+                f"mv6_guests on host {h}: more than one guest has router: true "
+                f"({', '.join(mine)}); a subnet has one router"
+            )
+        routers += [f"{h}/{n}" for n in mine]
+    if shared:
+        for h, entry in prev_hosts.items():
+            if h in guests_by_host or entry["released"]:
+                continue
+            routers += [
+                f"{h}/{n}" for n, g in entry["guests"].items() if g["router"] and not g["released"]
+            ]
+        if len(routers) > 1:
+            raise ValueError(
+                f"mv6_guests: more than one guest has router: true in the shared layout "
+                f"({', '.join(sorted(routers))}); the shared subnet has one router"
+            )
+        if routers and site.gateway is not None:
+            raise ValueError(
+                f"mv6_parallel.gateway: is set, but guest {routers[0]} is marked router: true; "
+                f"the parallel network has one router"
+            )
+
+    # Guest slots: kept, else the lowest free one (skipping slots whose address is reserved).
+    fleet_used: set[int] = set()
+    fleet_reserved: set[int] = set()
+    if shared:
+        for h, entry in prev_hosts.items():
+            guests = entry["guests"]
+            fleet_used.update(g["slot"] for g in guests.values())
+            if h not in guests_by_host:
+                fleet_reserved.update(_pton(family, g["address"]) for g in guests.values())
+        if site.gateway is not None:
+            fleet_reserved.add(site.gateway)
+
+    explicit: dict[str, dict[str, tuple[int, int]]] = {}
+    for h in in_play:
+        base = site.subnet_base(host_slot[h])
+        mine = {}
+        hg = parsed[h]
+        for gname, (raw, index) in sorted(hg.explicit.items(), key=lambda kv: kv[1][1]):
+            name = f"mv6_guests[{index}].address on host {h}"
+            a = _parse_address(name, raw, family)
+            _check_in_subnet(name, a, site, base, family)
+            gateway_slot = site.address_mode == "sequential" and site.gateway is None
+            if gateway_slot and a == base + GATEWAY_OFFSET and gname not in hg.routers:
+                raise ValueError(
+                    f"{name}: {raw} is the gateway address, kept for the guest marked router: true"
+                )
+            mine[gname] = (a, index)
+            if shared:
+                fleet_reserved.add(a)
+        explicit[h] = mine
+
+    hosts_out: dict = {}
+    fleet_next = 0
+    for h in in_play:
+        hslot = host_slot[h]
+        prev_entry = prev_hosts.get(h)
+        prev_guests = prev_entry["guests"] if prev_entry is not None else {}
+        host_released = h in release
+        guests = parsed[h]
+        mine = explicit[h]
+        base = site.subnet_base(hslot)
+        if shared:
+            reserved = fleet_reserved
+            used = fleet_used
+            nxt = fleet_next
+        else:
+            reserved = {a for a, _ in mine.values()}
+            current = set(guests.names)
+            reserved.update(
+                _pton(family, pg["address"]) for n, pg in prev_guests.items() if n not in current
+            )
+            used = {g["slot"] for g in prev_guests.values()}
+            nxt = 0
+        if not used and not reserved:
+            # Nothing to step around (a fresh plan): slots are consecutive.
+            slots = list(range(nxt, nxt + len(guests.names)))
+            if slots and slots[-1] > site.max_guest_slot:
+                _guests_exhausted(site, h, slots[-1] + 1)
+            nxt += len(slots)
+        else:
+            slots = []
+            for gname in guests.names:
+                pg = prev_guests.get(gname)
+                if pg is not None:
+                    slots.append(pg["slot"])
+                    continue
+                while True:
+                    nxt = _lowest_free(used, nxt)
+                    if nxt > site.max_guest_slot:
+                        _guests_exhausted(site, h, len(used) + 1)
+                    if not reserved or gname in mine:
+                        break
+                    if site.slot_address(hslot, nxt, gname in guests.routers) not in reserved:
+                        break
+                    nxt += 1
+                slots.append(nxt)
+                used.add(nxt)
+        if shared:
+            fleet_next = nxt
+
+        entries = _guest_entries(site, hslot, base, guests, slots, mine, host_released)
+        for n, pg in prev_guests.items():
+            if n not in entries:
+                entries[n] = pg if pg["released"] else {**pg, "released": True}
+        hosts_out[h] = {
+            "slot": hslot,
+            "released": host_released,
+            "subnet": site.subnet_text(hslot),
+            "gateway": None,
+            "dns": list(site.dns),
+            "guests": entries,
+        }
+
+    if any(explicit.values()):
+        _check_taken(site, hosts_out, prev_hosts, explicit)
+
+    gateway_text = None
+    if site.gateway is not None:
+        gateway_text = _text(family, site.gateway)
+    elif shared and routers:
+        rh, rn = routers[0].split("/", 1)
+        src = hosts_out.get(rh) or prev_hosts[rh]
+        gateway_text = src["guests"][rn]["address"]
+    for h in in_play:
+        entry = hosts_out[h]
+        if shared:
+            entry["gateway"] = gateway_text
+        else:
+            for g in entry["guests"].values():
+                if g["router"] and not g["released"]:
+                    entry["gateway"] = g["address"]
+
+    for h, entry in prev_hosts.items():
+        if h in hosts_out:
+            continue
+        if h in release and not entry["released"]:
+            entry = {
+                **entry,
+                "released": True,
+                "guests": {n: {**g, "released": True} for n, g in entry["guests"].items()},
+            }
+        hosts_out[h] = entry
+
+    if prune:
+        hosts_out = {
+            h: {**e, "guests": {n: g for n, g in e["guests"].items() if not g["released"]}}
+            for h, e in hosts_out.items()
+            if not e["released"]
+        }
+    _check_macs(hosts_out)
+    plan = site.to_plan_header()
+    plan["hosts"] = hosts_out
+    return plan
+
+
+def _guest_entries(
+    site: Site,
+    hslot: int,
+    base: int,
+    guests: HostGuests,
+    slots: list[int],
+    explicit: dict[str, tuple[int, int]],
+    host_released: bool,
+) -> dict:
+    """The plan entries of one host's guests: the hot loop, plain ints and cached strings."""
+    family = site.family
+    prefixlen = site.host_prefixlen
+    out = {}
+    if site.address_mode == "eui64" and site.layout == "per_host":
+        # MAC 02:6d:HH:hh:GG:gg gives IID 006d:HHff:fehh:GGgg. Its first three hextets are
+        # never 0, so RFC 5952 compression happens only inside the /64 prefix, and the address
+        # text is (prefix text) + (IID text): no per-guest formatting but the cached slot hex.
+        iid_head = f"6d:{(hslot >> 8) << 8 | 0xFF:x}:{0xFE00 | (hslot & 0xFF):x}:"
+        probe = base | 0x006D00FFFE000001
+        head = _text(family, probe)[: -len("6d:ff:fe00:1")] + iid_head
+        ll_head = "fe80::" + iid_head
+        mac_head = f"{MAC_HEAD}{hslot >> 8:02x}:{hslot & 0xFF:02x}:"
+        if slots:
+            top = max(slots)
+            _hex(top)
+            _hex_pair(top)
+            _port(top)
+        hexes, pairs, ports = _HEX, _HEX_PAIR, _PORTS
+        for name, s in zip(guests.names, slots, strict=True):
+            gs = hexes[s]
+            out[name] = {
+                "slot": s,
+                "released": host_released,
+                "mac": mac_head + pairs[s],
+                "address": head + gs,
+                "prefixlen": prefixlen,
+                "link_local": ll_head + gs,
+                "port": ports[s],
+                "router": False,
+            }
+        _mark(family, out, guests, explicit)
+        return out
+    routers = guests.routers
+    for name, s in zip(guests.names, slots, strict=True):
+        router = name in routers
+        mac = site.mac_int(hslot, s)
+        addr = explicit[name][0] if name in explicit else site.slot_address(hslot, s, router)
+        entry = {
+            "slot": s,
+            "released": host_released or name in guests.released,
+            "mac": mac_text(mac),
+            "address": _text(family, addr),
+            "prefixlen": prefixlen,
+            "port": _port(s),
+            "router": router,
+        }
+        if family == "ipv6":
+            entry["link_local"] = _text(family, 0xFE80 << 112 | eui64_iid(mac))
+        out[name] = entry
+    return out
+
+
+def _mark(family: str, out: dict, guests: HostGuests, explicit: dict) -> None:
+    """Apply the few exceptions of the hot loop: routers, released guests, given addresses."""
+    for name in guests.routers:
+        out[name]["router"] = True
+    for name in guests.released:
+        out[name]["released"] = True
+    for name, (addr, _) in explicit.items():
+        out[name]["address"] = _text(family, addr)
+
+
+def _check_taken(site: Site, hosts: dict, prev_hosts: dict, explicit: dict) -> None:
+    """An explicit address may not be another guest's address or the gateway."""
+    scopes: list[tuple[str, list[str]]]
+    if site.layout == "shared":
+        everyone = sorted(set(hosts) | set(prev_hosts))
+        scopes = [(h, everyone) for h in sorted(explicit) if explicit[h]][:1]
+    else:
+        scopes = [(h, [h]) for h in sorted(explicit) if explicit[h]]
+    for _, members in scopes:
+        owners: dict[str, str] = {}
+        if site.gateway is not None:
+            owners[_text(site.family, site.gateway)] = "mv6_parallel.gateway"
+        mine = set()
+        for h in members:
+            entry = hosts.get(h) or prev_hosts[h]
+            for n, g in sorted(entry["guests"].items()):
+                if n in explicit.get(h, {}):
+                    mine.add((h, n))
+                else:
+                    owners.setdefault(g["address"], f"{h}/{n}")
+        for h, n in sorted(mine, key=lambda hn: (hn[0], explicit[hn[0]][hn[1]][1])):
+            text = hosts[h]["guests"][n]["address"]
+            owner = owners.get(text)
+            if owner is not None:
+                index = explicit[h][n][1]
+                raise ValueError(
+                    f"mv6_guests[{index}].address on host {h}: {text} is already taken by {owner}"
+                )
+            owners[text] = f"{h}/{n}"
+
+
+def _check_macs(hosts: dict) -> None:
+    seen: dict[str, str] = {}
+    count = sum(len(e["guests"]) for e in hosts.values())
+    macs = {g["mac"] for e in hosts.values() for g in e["guests"].values()}
+    if len(macs) == count:
+        return
+    for h, entry in sorted(hosts.items()):
+        for n, g in sorted(entry["guests"].items()):
+            other = seen.setdefault(g["mac"], f"{h}/{n}")
+            if other != f"{h}/{n}":
+                raise ValueError(
+                    f"mv6_plan_file: guests {other} and {h}/{n} share MAC {g['mac']}; "
+                    f"the plan file was edited by hand"
+                )
+
+
+def _hosts_exhausted(site: Site, needed: int) -> None:
+    if site.layout == "shared":
+        raise ValueError(
+            f"mv6_parallel.prefix: pool exhausted: the MAC layout holds {MAC_PER_HOST_SLOTS} "
+            f"hosts, the plan needs {needed}"
+        )
+    slices = 1 << (site.host_prefixlen - site.prefixlen)
+    raise ValueError(
+        f"mv6_parallel.prefix: pool exhausted: {site.prefix_text} holds {slices} subnets of "
+        f"/{site.host_prefixlen} (mv6_parallel.host_prefixlen), the plan needs {needed}"
+    )
+
+
+def _guests_exhausted(site: Site, host: str, needed: int) -> None:
+    room = site.max_guest_slot + 1
+    if site.layout == "shared":
+        raise ValueError(
+            f"mv6_parallel.prefix: pool exhausted: {site.prefix_text} holds {room} guest "
+            f"addresses, the plan needs {needed}"
+        )
+    raise ValueError(
+        f"mv6_guests on host {host}: {needed} guests do not fit: a /{site.host_prefixlen} "
+        f"(mv6_parallel.host_prefixlen) holds {room} guest addresses"
+    )
+
+
+# One-off lookups for the filters.
+
+
+def host_entry(plan: object, host: object) -> dict:
+    if not isinstance(plan, dict) or not isinstance(plan.get("hosts"), dict):
+        raise ValueError("mv6_plan: must be a plan returned by mv6.transition.address_plan")
+    entry = plan["hosts"].get(host)
+    if entry is None:
+        raise ValueError(f"mv6_plan: host {host} is not in the plan")
+    return entry
+
+
+def guest_entry(plan: object, host: object, guest: object) -> dict:
+    entry = host_entry(plan, host)["guests"].get(guest)
+    if entry is None:
+        raise ValueError(f"mv6_plan: host {host} has no guest {guest} in the plan")
+    return entry
+
+
+def _slot(name: str, value: object, high: int) -> int:
+    if not _is_int(value) or not 0 <= value <= high:
+        raise ValueError(f"{name}: must be an integer from 0 to {high}, got {value!r}")
+    return value
+
+
+def parallel_subnet(parallel: object, host_slot: object) -> str:
+    site = parse_site(None, parallel)
+    return site.subnet_text(_slot("host_slot", host_slot, site.max_host_slot))
+
+
+def guest_mac(parallel: object, host_slot: object, guest_slot: object) -> str:
+    site = parse_site(None, parallel)
+    hs = _slot("host_slot", host_slot, site.max_host_slot)
+    return mac_text(site.mac_int(hs, _slot("guest_slot", guest_slot, site.max_guest_slot)))
+
+
+def guest_address(
+    parallel: object, host_slot: object, guest_slot: object, router: object = False
+) -> str:
+    site = parse_site(None, parallel)
+    hs = _slot("host_slot", host_slot, site.max_host_slot)
+    gs = _slot("guest_slot", guest_slot, site.max_guest_slot)
+    if router is not True and router is not False:
+        raise ValueError(f"router: must be true or false, got {router!r}")
+    return _text(site.family, site.slot_address(hs, gs, router))
+
+
+# The plan file.
+
+
+def dump_plan(plan: dict) -> str:
+    """The plan file's text: sorted keys and a fixed header, so same plan, same bytes."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    body = yaml.dump(
+        plan,
+        Dumper=dumper,
+        sort_keys=True,
+        default_flow_style=False,
+        allow_unicode=False,
+        width=1000,
+    )
+    return PLAN_HEADER + body
+
+
+def parse_plan_text(text: str, path: str) -> dict | None:
+    """The plan in a plan file's text (None for an empty file); ValueError if corrupt."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())
+        raise ValueError(
+            f"mv6_plan_file: {path} is corrupt (not YAML: {reason}); it was kept unchanged, "
+            f"fix it or move it away"
+        ) from None
+    if data is None:
+        return None
+    try:
+        return check_plan(data)
+    except ValueError as e:
+        raise ValueError(
+            f"mv6_plan_file: {path} is corrupt ({e}); it was kept unchanged, fix it or move it away"
+        ) from None
+
+
+def read_plan_file(path: str) -> str | None:
+    """The plan file's text, or None when there is no plan file yet."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ValueError(
+            f"mv6_plan_file: cannot read {path} ({reason}); it was kept unchanged"
+        ) from None
+
+
+def write_plan_file(path: str, text: str) -> None:
+    """Replace the plan file atomically: a temporary file in the same directory, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mv6_plan.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ValueError(f"mv6_plan_file: cannot write in {directory} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ValueError(f"mv6_plan_file: cannot write {path} ({e.strerror})") from None
