@@ -1,0 +1,151 @@
+# Copyright (c) mv6.transition developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Controller side of mv6.transition.address_plan: read the play, plan, write the plan file.
+
+All planning is in module_utils/_plan.py; this file only gathers plain data from hostvars and
+handles check mode, diff mode and the result. The documentation is in modules/address_plan.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.mv6.transition.plugins.module_utils import _plan
+
+ARGUMENT_SPEC = {
+    "plan_file": {"type": "path"},
+    "prune": {"type": "bool", "default": False},
+    "release_hosts": {"type": "list", "elements": "str", "default": []},
+}
+SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
+
+
+def _plain(value):
+    """A copy made of plain dict/list/str/int/float/bool/None (hostvars hold tagged types)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _native_facts(facts) -> dict:
+    """The host's own addresses, gateways and networks, when facts were gathered."""
+    if not isinstance(facts, Mapping):
+        return {}
+    native = {}
+    for family in ("ipv4", "ipv6"):
+        key = f"all_{family}_addresses"
+        if facts.get(key):
+            native[f"ansible_{key}"] = _plain(facts[key])
+        default = facts.get(f"default_{family}")
+        if isinstance(default, Mapping) and default:
+            values = [default.get("address"), default.get("gateway")]
+            if default.get("network") and default.get("netmask"):
+                values.append(f"{default['network']}/{default['netmask']}")
+            if default.get("address") and default.get("prefix"):
+                values.append(f"{default['address']}/{default['prefix']}")
+            native[f"ansible_default_{family}"] = [_plain(v) for v in values if v]
+    return native
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        task_vars = task_vars or {}
+        hostvars = task_vars["hostvars"]
+        play_hosts = [str(h) for h in task_vars.get("ansible_play_hosts_all") or []]
+        if not play_hosts:
+            play_hosts = [str(task_vars["inventory_hostname"])]
+
+        site = {}
+        guests_by_host = {}
+        native_by_host = {}
+        for host in sorted(play_hosts):
+            hv = hostvars[host]
+            for name in SITE_VARIABLES:
+                value = self._host_var(hv, host, name)
+                if value is None:
+                    raise AnsibleActionFail(f"{name}: is not defined for host {host}")
+                if name not in site:
+                    site[name] = (host, value)
+                elif site[name][1] != value:
+                    raise AnsibleActionFail(
+                        f"{name}: host {host} has a different value than host {site[name][0]}; "
+                        f"one plan needs one site-wide value (set it in group_vars)"
+                    )
+            guests_by_host[host] = self._host_var(hv, host, "mv6_guests")
+            native = _native_facts(self._host_var(hv, host, "ansible_facts"))
+            if native:
+                native_by_host[host] = native
+
+        plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars)
+        try:
+            before = _plan.read_plan_file(plan_file)
+            previous = None if before is None else _plan.parse_plan_text(before, plan_file)
+            plan = _plan.build_plan(
+                site["mv6_native_family"][1],
+                site["mv6_parallel"][1],
+                guests_by_host,
+                previous,
+                prune=args["prune"],
+                release_hosts=args["release_hosts"],
+                native_by_host=native_by_host,
+            )
+            after = _plan.dump_plan(plan)
+            changed = after != before
+            if changed and not self._task.check_mode:
+                _plan.write_plan_file(plan_file, after)
+        except ValueError as e:
+            raise AnsibleActionFail(str(e)) from e
+
+        result.update(changed=changed, plan=plan, plan_file=plan_file)
+        result["ansible_facts"] = {"mv6_plan": plan}
+        if self._task.diff and changed:
+            result["diff"] = {
+                "before": before or "",
+                "after": after,
+                "before_header": plan_file,
+                "after_header": plan_file,
+            }
+        return result
+
+    @staticmethod
+    def _host_var(hv, host: str, name: str):
+        try:
+            return _plain(hv.get(name)) if name in hv else None
+        except Exception as e:  # templating errors of any kind: name the variable
+            raise AnsibleActionFail(f"{name}: cannot be read for host {host}: {e}") from e
+
+    @staticmethod
+    def _plan_file(hostvars, task_vars) -> str:
+        host = str(task_vars["inventory_hostname"])
+        path = ActionModule._host_var(hostvars[host], host, "mv6_plan_file")
+        if path:
+            return os.path.expanduser(str(path))
+        inventory_dir = task_vars.get("inventory_dir")
+        if not inventory_dir:
+            raise AnsibleActionFail(
+                "plan_file: not given, and neither mv6_plan_file nor inventory_dir is defined"
+            )
+        return os.path.join(str(inventory_dir), "mv6_plan.yml")

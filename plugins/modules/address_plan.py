@@ -1,0 +1,143 @@
+#!/usr/bin/python
+# Copyright (c) mv6.transition developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# This module is implemented as an action plugin (plugins/action/address_plan.py) and runs on
+# the controller; this file holds its documentation only.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: address_plan
+short_description: Plan the parallel network of an MV6 fleet and keep the plan in a file
+version_added: 0.1.0
+description:
+  - Runs on the controller, once per play (use C(run_once=true)). Reads C(mv6_native_family),
+    C(mv6_parallel) and C(mv6_guests) of every host in the play and gives each hypervisor its
+    parallel subnet, and each guest a slot, a MAC, a parallel address and a tap device name.
+  - The plan is kept in O(plan_file) and is stable. Hosts and guests keep their slots, and so
+    their subnets, MACs and addresses, when others are added or removed. A guest removed from
+    C(mv6_guests) of a host in the play, or with C(state=absent), stays in the plan marked
+    C(released) until O(prune=true).
+  - Hosts in the plan file but not in the play (for example with C(--limit)) are copied
+    unchanged, never released. Release them on purpose with O(release_hosts).
+  - Both directions (IPv4 native with an IPv6 parallel network, and the reverse), both
+    layouts (V(per_host) and V(shared)) and both address modes (V(eui64), V(sequential)).
+    Addresses are computed by arithmetic; no range is ever enumerated.
+  - Every input is checked before anything is written. An error names the variable and the
+    reason. A plan file that cannot be read or parsed is never overwritten.
+  - The same inputs give a byte-identical plan file. The file is replaced atomically.
+  - See C(docs/planner.md) in the collection for the allocation rules.
+author:
+  - mv6.transition developers
+options:
+  plan_file:
+    description:
+      - Path of the plan file on the controller.
+      - Defaults to the variable C(mv6_plan_file) of the first host, else
+        C(<inventory_dir>/mv6_plan.yml).
+    type: path
+  prune:
+    description:
+      - Drop every released host and guest from the plan, so that their slots can be given
+        again. Only do this when they are really gone.
+    type: bool
+    default: false
+  release_hosts:
+    description:
+      - Hosts to mark as released, with all their guests. They keep their slots until pruned.
+    type: list
+    elements: str
+    default: []
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
+    details: Use C(run_once=true); the plan covers every host of the play either way.
+  check_mode:
+    support: full
+    details: Computes and returns the plan, writes nothing.
+  diff_mode:
+    support: full
+    details: Shows the plan file text before and after.
+  platform:
+    platforms: posix
+requirements:
+  - netaddr (on the controller)
+notes:
+  - The returned fact C(mv6_plan) is set on every host of the play.
+seealso:
+  - plugin: mv6.transition.host_plan
+    plugin_type: filter
+  - plugin: mv6.transition.guest_plan
+    plugin_type: filter
+"""
+
+EXAMPLES = r"""
+- name: Plan the parallel network
+  hosts: mv6_hypervisors
+  gather_facts: true
+  tasks:
+    - name: Plan addresses for every hypervisor in the play
+      mv6.transition.address_plan:
+      run_once: true
+
+    - name: Show this host's parallel subnet
+      ansible.builtin.debug:
+        msg: "{{ (mv6_plan | mv6.transition.host_plan(inventory_hostname)).subnet }}"
+
+- name: Forget a decommissioned hypervisor and free its slots
+  hosts: mv6_hypervisors
+  gather_facts: false
+  tasks:
+    - name: Release hv9, then prune everything released
+      mv6.transition.address_plan:
+        release_hosts: [hv9]
+        prune: true
+      run_once: true
+"""
+
+RETURN = r"""
+plan:
+  description:
+    - The plan, the same data as the plan file. See C(docs/interfaces.md), section "The plan".
+  returned: success
+  type: dict
+  contains:
+    version:
+      description: Format version, 1.
+      type: int
+    native_family:
+      description: C(ipv4) or C(ipv6).
+      type: str
+    parallel_family:
+      description: The other family.
+      type: str
+    prefix:
+      description: The parallel site block.
+      type: str
+    layout:
+      description: C(per_host) or C(shared).
+      type: str
+    host_prefixlen:
+      description: Prefix length of each host's subnet.
+      type: int
+    address_mode:
+      description: C(eui64) or C(sequential).
+      type: str
+    hosts:
+      description: Per hypervisor, its slot, subnet, gateway, DNS servers and guests.
+      type: dict
+plan_file:
+  description: The plan file's path.
+  returned: success
+  type: str
+  sample: /srv/inventory/mv6_plan.yml
+"""
