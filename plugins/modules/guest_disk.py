@@ -309,10 +309,11 @@ class GuestDisk:
             os.unlink(path)
 
     def set_attributes(self, path: str, mode: int, owner: bool = True) -> bool:
+        """Layers belong to the QEMU user; the directory stays root's, shared with the group."""
         changed = False
         if owner:
             changed = self.module.set_owner_if_different(path, self.params["owner"], changed)
-            changed = self.module.set_group_if_different(path, self.params["group"], changed)
+        changed = self.module.set_group_if_different(path, self.params["group"], changed)
         return self.module.set_mode_if_different(path, mode, changed)
 
     def ensure_dir(self) -> None:
@@ -328,15 +329,15 @@ class GuestDisk:
                 )
             if not os.path.isdir(directory):
                 raise DiskError(f"{directory} exists and is not a directory")
-            if self.set_attributes(directory, DIR_MODE):
-                self.note(f"fix owner/group/mode of {directory}")
+            if self.set_attributes(directory, DIR_MODE, owner=False):
+                self.note(f"fix group/mode of {directory}")
             return
         self.note(f"create directory {directory}")
         if not self.check_mode:
             if not os.path.isdir(guests_dir):
                 os.makedirs(guests_dir, 0o755)
             os.mkdir(directory, DIR_MODE)
-            self.set_attributes(directory, DIR_MODE)
+            self.set_attributes(directory, DIR_MODE, owner=False)
 
     def note(self, action: str) -> None:
         self.actions.append(action)
