@@ -43,7 +43,7 @@ case "$inv" in
     native_family=ipv6
     host_native=2001:db8:100::1/64
     peer_native=2001:db8:100::2/64
-    parallel_peer=203.0.113.1/26
+    parallel_peer=203.0.113.1/24
     ;;
   *)
     echo "lab.sh: unknown lab inventory '$inv' (lab or lab_v4)" >&2

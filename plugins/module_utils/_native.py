@@ -274,13 +274,27 @@ def diff_states(before: dict, after: dict) -> list[str]:
     An empty list means identical.
     """
     lines: list[str] = []
+    old_links = before["sections"].get("links", {})
+    new_links = after["sections"].get("links", {})
+    # The per-interface sysctls of an interface that came or went are one line, not ~100.
+    gone = old_links.keys() - new_links.keys()
+    came = new_links.keys() - old_links.keys()
     for section in SECTIONS:
         old = before["sections"].get(section, {})
         new = after["sections"].get(section, {})
-        for key in sorted(old.keys() - new.keys()):
-            lines.append(f"{section}: removed {key}")
-        for key in sorted(new.keys() - old.keys()):
-            lines.append(f"{section}: added {key}")
+        for verb, keys, links in (
+            ("removed", old.keys() - new.keys(), gone),
+            ("added", new.keys() - old.keys(), came),
+        ):
+            grouped: dict[str, int] = {}
+            for key in sorted(keys):
+                iface = sysctl_interface(key) if section == "sysctls" else None
+                if iface in links:
+                    grouped[iface] = grouped.get(iface, 0) + 1
+                else:
+                    lines.append(f"{section}: {verb} {key}")
+            for iface, n in sorted(grouped.items()):
+                lines.append(f"{section}: {verb} {n} per-interface keys of {iface}")
         for key in sorted(old.keys() & new.keys()):
             if old[key] == new[key]:
                 continue

@@ -330,3 +330,16 @@ def test_read_sysctls_walks_a_tree(tmp_path):
         "net.ipv4.conf.eth0/106.forwarding": "1",
         "net.ipv4.tcp_rmem": "4096 131072 6291456",
     }
+
+
+def test_sysctls_of_an_interface_that_came_are_one_line():
+    extra = copy.deepcopy(IP_ADDR)
+    extra.append({"ifname": "lab1", "mtu": 1500, "addr_info": []})
+    sysctls = dict(SYSCTLS)
+    sysctls.update({f"net.ipv6.conf.lab1.k{i}": "0" for i in range(5)})
+    sysctls["net.ipv4.conf.nat0.rp_filter"] = "1"
+    assert _native.diff_states(_state(), _state(ip_addr=extra, sysctls=sysctls)) == [
+        "links: added lab1",
+        "sysctls: added net.ipv4.conf.nat0.rp_filter",
+        "sysctls: added 5 per-interface keys of lab1",
+    ]
