@@ -807,22 +807,27 @@ def _build_plan(
             nxt += len(slots)
         else:
             slots = []
+            routers = guests.routers
+            top = site.max_guest_slot
             for gname in guests.names:
                 pg = prev_guests.get(gname)
                 if pg is not None:
                     slots.append(pg["slot"])
                     continue
-                while True:
-                    nxt = _lowest_free(used, nxt)
-                    if nxt > site.max_guest_slot:
-                        _guests_exhausted(site, h, len(used) + 1)
-                    if not reserved or gname in mine:
-                        break
-                    if site.slot_address(hslot, nxt, gname in guests.routers) not in reserved:
-                        break
-                    nxt += 1
-                slots.append(nxt)
-                used.add(nxt)
+                nxt = _lowest_free(used, nxt)
+                c = nxt
+                if reserved and gname not in mine:
+                    # Step over slots whose address a guest asked for; they stay free for
+                    # guests that bring their own address.
+                    router = gname in routers
+                    while c <= top and (
+                        c in used or site.slot_address(hslot, c, router) in reserved
+                    ):
+                        c += 1
+                if c > top:
+                    _guests_exhausted(site, h, len(used) + 1)
+                slots.append(c)
+                used.add(c)
         if shared:
             fleet_next = nxt
 

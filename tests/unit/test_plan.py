@@ -1,0 +1,620 @@
+"""The planner's allocations: both directions, both layouts, stability, byte-identical files."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
+
+from ansible_collections.mv6.transition.plugins.module_utils import _plan
+
+V6 = {"prefix": "2001:db8:600::/48"}
+V4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
+
+
+def g(name, **kw):
+    return {"name": name, **kw}
+
+
+def plan(native, parallel, guests, previous=None, **kw):
+    return _plan.build_plan(native, parallel, guests, previous, **kw)
+
+
+def brief(p):
+    """host -> (subnet, gateway, {guest: (slot, mac, address, link_local, port, released)})."""
+    return {
+        h: (
+            e["subnet"],
+            e["gateway"],
+            {
+                n: (
+                    x["slot"],
+                    x["mac"],
+                    x["address"],
+                    x.get("link_local"),
+                    x["port"],
+                    x["released"],
+                )
+                for n, x in e["guests"].items()
+            },
+        )
+        for h, e in p["hosts"].items()
+    }
+
+
+# (id, native, mv6_parallel, guests by host, expected brief)
+LAYOUTS = [
+    (
+        "v4-native/v6-parallel/per_host/eui64",
+        "ipv4",
+        V6,
+        {"hv2": [g("web6")], "hv1": [g("web6"), g("db6")]},
+        {
+            "hv1": (
+                "2001:db8:600::/64",
+                None,
+                {
+                    "db6": (
+                        0,
+                        "02:6d:00:00:00:00",
+                        "2001:db8:600:0:6d:ff:fe00:0",
+                        "fe80::6d:ff:fe00:0",
+                        "mv6p0",
+                        False,
+                    ),
+                    "web6": (
+                        1,
+                        "02:6d:00:00:00:01",
+                        "2001:db8:600:0:6d:ff:fe00:1",
+                        "fe80::6d:ff:fe00:1",
+                        "mv6p1",
+                        False,
+                    ),
+                },
+            ),
+            "hv2": (
+                "2001:db8:600:1::/64",
+                None,
+                {
+                    "web6": (
+                        0,
+                        "02:6d:00:01:00:00",
+                        "2001:db8:600:1:6d:ff:fe01:0",
+                        "fe80::6d:ff:fe01:0",
+                        "mv6p0",
+                        False,
+                    )
+                },
+            ),
+        },
+    ),
+    (
+        "v4-native/v6-parallel/per_host/sequential/router",
+        "ipv4",
+        {**V6, "address_mode": "sequential"},
+        {"hv1": [g("web6"), g("rtr", router=True)]},
+        {
+            "hv1": (
+                "2001:db8:600::/64",
+                "2001:db8:600::1",
+                {
+                    "rtr": (
+                        0,
+                        "02:6d:00:00:00:00",
+                        "2001:db8:600::1",
+                        "fe80::6d:ff:fe00:0",
+                        "mv6p0",
+                        False,
+                    ),
+                    "web6": (
+                        1,
+                        "02:6d:00:00:00:01",
+                        "2001:db8:600::3",
+                        "fe80::6d:ff:fe00:1",
+                        "mv6p1",
+                        False,
+                    ),
+                },
+            )
+        },
+    ),
+    (
+        "v4-native/v6-parallel/shared/eui64",
+        "ipv4",
+        {"prefix": "2001:db8:600:6::/64", "layout": "shared"},
+        {"hv1": [g("a"), g("b")], "hv2": [g("c")]},
+        {
+            "hv1": (
+                "2001:db8:600:6::/64",
+                None,
+                {
+                    "a": (
+                        0,
+                        "02:6d:00:00:00:00",
+                        "2001:db8:600:6:6d:ff:fe00:0",
+                        "fe80::6d:ff:fe00:0",
+                        "mv6p0",
+                        False,
+                    ),
+                    "b": (
+                        1,
+                        "02:6d:00:00:00:01",
+                        "2001:db8:600:6:6d:ff:fe00:1",
+                        "fe80::6d:ff:fe00:1",
+                        "mv6p1",
+                        False,
+                    ),
+                },
+            ),
+            "hv2": (
+                "2001:db8:600:6::/64",
+                None,
+                {
+                    "c": (
+                        2,
+                        "02:6d:00:00:00:02",
+                        "2001:db8:600:6:6d:ff:fe00:2",
+                        "fe80::6d:ff:fe00:2",
+                        "mv6p2",
+                        False,
+                    )
+                },
+            ),
+        },
+    ),
+    (
+        "v6-native/v4-parallel/per_host/sequential",
+        "ipv6",
+        V4,
+        {"hv1": [g("legacy"), g("gw", router=True)], "hv2": [g("legacy")]},
+        {
+            "hv1": (
+                "198.51.100.0/26",
+                "198.51.100.1",
+                {
+                    "gw": (0, "02:6d:00:00:00:00", "198.51.100.1", None, "mv6p0", False),
+                    "legacy": (1, "02:6d:00:00:00:01", "198.51.100.3", None, "mv6p1", False),
+                },
+            ),
+            "hv2": (
+                "198.51.100.64/26",
+                None,
+                {"legacy": (0, "02:6d:00:01:00:00", "198.51.100.66", None, "mv6p0", False)},
+            ),
+        },
+    ),
+    (
+        "v6-native/v4-parallel/shared/sequential/site-gateway",
+        "ipv6",
+        {"prefix": "203.0.113.0/24", "layout": "shared", "gateway": "203.0.113.3"},
+        {"hv1": [g("a"), g("b")], "hv2": [g("c")]},
+        {
+            "hv1": (
+                "203.0.113.0/24",
+                "203.0.113.3",
+                {
+                    "a": (0, "02:6d:00:00:00:00", "203.0.113.2", None, "mv6p0", False),
+                    # slot 1 would be 203.0.113.3, the site's gateway: stepped over
+                    "b": (2, "02:6d:00:00:00:02", "203.0.113.4", None, "mv6p2", False),
+                },
+            ),
+            "hv2": (
+                "203.0.113.0/24",
+                "203.0.113.3",
+                {"c": (3, "02:6d:00:00:00:03", "203.0.113.5", None, "mv6p3", False)},
+            ),
+        },
+    ),
+    (
+        "v6-native/v4-parallel/per_host/explicit-address-first",
+        "ipv6",
+        V4,
+        {"hv1": [g("a"), g("b", address="198.51.100.2")]},
+        {
+            "hv1": (
+                "198.51.100.0/26",
+                None,
+                {
+                    # a would get 198.51.100.2 from slot 0, which b asks for: a steps over
+                    "a": (1, "02:6d:00:00:00:01", "198.51.100.3", None, "mv6p1", False),
+                    "b": (0, "02:6d:00:00:00:00", "198.51.100.2", None, "mv6p0", False),
+                },
+            )
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("native", "parallel", "guests", "expected"),
+    [c[1:] for c in LAYOUTS],
+    ids=[c[0] for c in LAYOUTS],
+)
+def test_directions_and_layouts(native, parallel, guests, expected):
+    result = plan(native, parallel, guests)
+    assert brief(result) == expected
+    assert result["native_family"] == native
+    assert result["parallel_family"] == ("ipv6" if native == "ipv4" else "ipv4")
+
+
+def test_plan_header_matches_interfaces_doc():
+    result = plan("ipv4", V6, {"hv1": []})
+    assert {k: v for k, v in result.items() if k != "hosts"} == {
+        "version": 1,
+        "native_family": "ipv4",
+        "parallel_family": "ipv6",
+        "prefix": "2001:db8:600::/48",
+        "layout": "per_host",
+        "host_prefixlen": 64,
+        "address_mode": "eui64",
+    }
+    assert result["hosts"]["hv1"] == {
+        "slot": 0,
+        "released": False,
+        "subnet": "2001:db8:600::/64",
+        "gateway": None,
+        "dns": [],
+        "guests": {},
+    }
+
+
+def test_defaults_per_family():
+    v4 = plan("ipv6", {"prefix": "198.51.100.0/24", "layout": "shared"}, {})
+    assert (v4["host_prefixlen"], v4["address_mode"]) == (24, "sequential")
+    v6 = plan("ipv4", V6, {})
+    assert (v6["host_prefixlen"], v6["address_mode"]) == (64, "eui64")
+
+
+def test_dns_and_router_gateway_per_host_eui64():
+    result = plan(
+        "ipv4", {**V6, "dns": ["2001:db8:0:0::53"]}, {"hv1": [g("r", router=True), g("w")]}
+    )
+    host = result["hosts"]["hv1"]
+    assert host["dns"] == ["2001:db8::53"]
+    assert host["gateway"] == host["guests"]["r"]["address"] == "2001:db8:600:0:6d:ff:fe00:0"
+    assert host["guests"]["r"]["router"] is True
+    assert host["guests"]["w"]["router"] is False
+
+
+def test_big_slots_compress_like_rfc5952():
+    # host slot 0x1234 in a /32 at /64: the prefix text has no zero run, the IID has none either
+    result = plan("ipv4", {"prefix": "2001:db8::/32"}, {f"h{i:05d}": [] for i in range(0x1235)})
+    assert result["hosts"]["h04660"]["subnet"] == "2001:db8:0:1234::/64"
+    last = plan("ipv4", {"prefix": "2001:db8::/32"}, {"h": [g("x")]}, result)
+    assert last["hosts"]["h"]["guests"]["x"]["address"] == "2001:db8:0:1235:6d:12ff:fe35:0"
+    assert last["hosts"]["h"]["guests"]["x"]["mac"] == "02:6d:12:35:00:00"
+
+
+def test_fresh_plan_order_is_by_sorted_name_not_input_order():
+    names = [f"vm{i}" for i in range(20)]
+    hosts = [f"hv{i}" for i in range(7)]
+    a = plan("ipv4", V6, {h: [g(n) for n in names] for h in hosts})
+    rng = random.Random(6)
+    shuffled_hosts = hosts[:]
+    rng.shuffle(shuffled_hosts)
+    shuffled = {}
+    for h in shuffled_hosts:
+        ns = names[:]
+        rng.shuffle(ns)
+        shuffled[h] = [g(n) for n in ns]
+    b = plan("ipv4", V6, shuffled)
+    assert _plan.dump_plan(a) == _plan.dump_plan(b)
+    assert [a["hosts"][h]["slot"] for h in sorted(hosts)] == list(range(7))
+    assert [a["hosts"]["hv0"]["guests"][n]["slot"] for n in sorted(names)] == list(range(20))
+
+
+def moved(before, after):
+    """Allocations of `before` that `after` gives differently (released flags aside)."""
+    out = []
+    for h, e in before["hosts"].items():
+        f = after["hosts"].get(h)
+        if f is None or (f["slot"], f["subnet"]) != (e["slot"], e["subnet"]):
+            out.append(h)
+            continue
+        for n, x in e["guests"].items():
+            y = f["guests"].get(n)
+            keys = ("slot", "mac", "address", "link_local", "port")
+            if y is None or [x.get(k) for k in keys] != [y.get(k) for k in keys]:
+                out.append(f"{h}/{n}")
+    return out
+
+
+SITES = [
+    ("ipv4", V6),
+    ("ipv4", {**V6, "address_mode": "sequential"}),
+    ("ipv4", {"prefix": "2001:db8:600:6::/64", "layout": "shared"}),
+    ("ipv6", V4),
+    ("ipv6", {"prefix": "198.51.100.0/24", "layout": "shared"}),
+]
+
+
+@pytest.mark.parametrize(("native", "parallel"), SITES)
+def test_stable_under_add_and_remove(native, parallel):
+    first = plan(native, parallel, {"hv1": [g("a"), g("c")], "hv3": [g("x")]})
+
+    # add a host (sorted between the others) and a guest: nothing moves, new ones go after
+    second = plan(
+        native,
+        parallel,
+        {"hv1": [g("a"), g("b"), g("c")], "hv2": [g("y")], "hv3": [g("x")]},
+        first,
+    )
+    assert moved(first, second) == []
+    assert second["hosts"]["hv2"]["slot"] == 2
+    # per_host: after hv1's a and c; shared: after every slot of the fleet (a, c, x)
+    shared = parallel.get("layout") == "shared"
+    assert second["hosts"]["hv1"]["guests"]["b"]["slot"] == (3 if shared else 2)
+
+    # remove a guest: it stays, released, and its slot is not given to a newcomer
+    third = plan(
+        native,
+        parallel,
+        {"hv1": [g("b"), g("c"), g("d")], "hv2": [g("y")], "hv3": [g("x")]},
+        second,
+    )
+    assert moved(second, third) == []
+    a = third["hosts"]["hv1"]["guests"]["a"]
+    assert a["released"] is True
+    assert a == {**second["hosts"]["hv1"]["guests"]["a"], "released": True}
+    assert third["hosts"]["hv1"]["guests"]["d"]["slot"] not in {
+        x["slot"] for n, x in second["hosts"]["hv1"]["guests"].items()
+    }
+
+    # bring it back: same slot, same address, no longer released
+    fourth = plan(
+        native,
+        parallel,
+        {"hv1": [g("a"), g("b"), g("c"), g("d")], "hv2": [g("y")], "hv3": [g("x")]},
+        third,
+    )
+    assert moved(third, fourth) == []
+    assert fourth["hosts"]["hv1"]["guests"]["a"] == second["hosts"]["hv1"]["guests"]["a"]
+
+
+@pytest.mark.parametrize(("native", "parallel"), SITES)
+def test_hosts_outside_the_play_are_kept_not_released(native, parallel):
+    full = plan(native, parallel, {"hv1": [g("a")], "hv2": [g("b")], "hv3": [g("c")]})
+    # --limit hv2: only hv2 is in the play, and it gains a guest
+    limited = plan(native, parallel, {"hv2": [g("b"), g("b2")]}, full)
+    assert limited["hosts"]["hv1"] is full["hosts"]["hv1"]
+    assert limited["hosts"]["hv3"] is full["hosts"]["hv3"]
+    assert moved(full, limited) == []
+    assert limited["hosts"]["hv2"]["guests"]["b2"]["released"] is False
+    # and a new host added with --limit gets a fresh slot, never one of the others'
+    added = plan(native, parallel, {"hv0": [g("z")]}, limited)
+    assert added["hosts"]["hv0"]["slot"] == 3
+    assert moved(limited, added) == []
+
+
+def test_release_hosts_then_prune_frees_slots():
+    full = plan("ipv4", V6, {"hv1": [g("a")], "hv2": [g("b")], "hv3": [g("c")]})
+    released = plan("ipv4", V6, {"hv1": [g("a")]}, full, release_hosts=["hv2"])
+    assert released["hosts"]["hv2"]["released"] is True
+    assert released["hosts"]["hv2"]["guests"]["b"]["released"] is True
+    assert released["hosts"]["hv3"] is full["hosts"]["hv3"]
+    assert moved(full, released) == []
+    pruned = plan("ipv4", V6, {"hv1": [g("a")]}, released, prune=True)
+    assert sorted(pruned["hosts"]) == ["hv1", "hv3"]
+    reused = plan("ipv4", V6, {"hv4": []}, pruned)
+    assert reused["hosts"]["hv4"]["slot"] == 1  # hv2's slot, free again after the prune
+
+
+def test_state_absent_releases_and_prune_removes_the_guest():
+    first = plan("ipv6", V4, {"hv1": [g("a"), g("b")]})
+    absent = plan("ipv6", V4, {"hv1": [g("a", state="absent"), g("b")]}, first)
+    assert absent["hosts"]["hv1"]["guests"]["a"] == {
+        **first["hosts"]["hv1"]["guests"]["a"],
+        "released": True,
+    }
+    pruned = plan("ipv6", V4, {"hv1": [g("b")]}, absent, prune=True)
+    assert sorted(pruned["hosts"]["hv1"]["guests"]) == ["b"]
+    again = plan("ipv6", V4, {"hv1": [g("b"), g("c")]}, pruned)
+    assert again["hosts"]["hv1"]["guests"]["c"]["slot"] == 0  # a's slot, free after the prune
+
+
+def test_released_host_comes_back_with_its_slot():
+    full = plan("ipv4", V6, {"hv1": [g("a")], "hv2": [g("b")]})
+    released = plan("ipv4", V6, {}, full, release_hosts=["hv1"])
+    back = plan("ipv4", V6, {"hv1": [g("a")]}, released)
+    assert back["hosts"]["hv1"] == full["hosts"]["hv1"]
+
+
+def test_explicit_address_given_later_moves_only_that_guest():
+    first = plan("ipv4", V6, {"hv1": [g("a"), g("b")]})
+    second = plan("ipv4", V6, {"hv1": [g("a"), g("b", address="2001:db8:600::b")]}, first)
+    assert second["hosts"]["hv1"]["guests"]["b"]["address"] == "2001:db8:600::b"
+    assert second["hosts"]["hv1"]["guests"]["a"] == first["hosts"]["hv1"]["guests"]["a"]
+    third = plan("ipv4", V6, {"hv1": [g("a"), g("b")]}, second)
+    assert third == first
+
+
+def test_same_input_gives_byte_identical_file():
+    guests = {f"hv{i}": [g(f"vm{j}", vcpus=1) for j in range(5)] for i in range(4)}
+    a = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
+    b = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
+    assert a == b
+    assert a.startswith(_plan.PLAN_HEADER)
+    # reading the file back and planning again writes the very same bytes
+    again = plan("ipv4", V6, guests, _plan.parse_plan_text(a, "mv6_plan.yml"))
+    assert _plan.dump_plan(again) == a
+
+
+def test_mac_that_yaml_1_1_would_read_as_a_number_stays_a_string():
+    # 02:6d:... never looks like a number, but a hand-edited file might: it must stay text
+    text = _plan.dump_plan({"mac": "02:60:00:00:00:00"})
+    assert yaml.safe_load(text) == {"mac": "02:60:00:00:00:00"}
+
+
+def test_every_mac_is_locally_administered_unicast():
+    result = plan("ipv4", V6, {f"hv{i}": [g(f"v{j}") for j in range(9)] for i in range(9)})
+    for host in result["hosts"].values():
+        for guest in host["guests"].values():
+            first = int(guest["mac"][:2], 16)
+            assert first & 0x02 and not first & 0x01
+
+
+def test_duplicate_mac_in_a_hand_edited_file_is_caught():
+    first = plan("ipv4", V6, {"hv1": [g("a"), g("b")]})
+    edited = copy.deepcopy(first)
+    edited["hosts"]["hv1"]["guests"]["b"]["mac"] = edited["hosts"]["hv1"]["guests"]["a"]["mac"]
+    message = (
+        "mv6_plan_file: guests hv1/a and hv1/b share MAC 02:6d:00:00:00:00; the plan file was "
+        "edited by hand"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        plan("ipv4", V6, {"hv2": []}, edited)
+
+
+CORRUPT = [
+    (
+        "not-yaml",
+        "hosts: [\n",
+        "mv6_plan_file: {path} is corrupt (not YAML: while parsing a flow node did not find "
+        'expected node content in "<unicode string>", line 2, column 1); it was kept '
+        "unchanged, fix it or move it away",
+    ),
+    (
+        "a-list",
+        "- 1\n",
+        "mv6_plan_file: {path} is corrupt (the plan is a list, not a mapping); it was kept "
+        "unchanged, fix it or move it away",
+    ),
+    (
+        "version",
+        "version: 2\n",
+        "mv6_plan_file: {path} is corrupt (version is 2, expected 1); it was kept unchanged, fix "
+        "it or move it away",
+    ),
+    (
+        "guest-without-mac",
+        "CUT_MAC",
+        "mv6_plan_file: {path} is corrupt (hosts.hv1.guests.a.mac is missing or not a str); it "
+        "was kept unchanged, fix it or move it away",
+    ),
+    (
+        "shared-slot",
+        "SAME_SLOT",
+        "mv6_plan_file: {path} is corrupt (hosts hv1 and hv2 share slot 0); it was kept "
+        "unchanged, fix it or move it away",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT])
+def test_corrupt_plan_file_is_refused(tmp_path, text, message):
+    good = _plan.dump_plan(plan("ipv4", V6, {"hv1": [g("a")], "hv2": []}))
+    if text == "CUT_MAC":
+        text = re.sub(r"\n *mac: .*", "", good, count=1)
+    elif text == "SAME_SLOT":
+        text = good.replace("    slot: 1\n", "    slot: 0\n")
+    path = tmp_path / "mv6_plan.yml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
+        _plan.parse_plan_text(_plan.read_plan_file(str(path)), str(path))
+    assert path.read_text() == text
+
+
+def test_empty_plan_file_is_no_plan(tmp_path):
+    assert _plan.parse_plan_text("", "x") is None
+    assert _plan.read_plan_file(str(tmp_path / "absent.yml")) is None
+
+
+def test_unreadable_plan_file(tmp_path):
+    path = tmp_path / "mv6_plan.yml"
+    path.mkdir()
+    message = f"mv6_plan_file: cannot read {path} (Is a directory); it was kept unchanged"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _plan.read_plan_file(str(path))
+    bad = tmp_path / "latin1.yml"
+    bad.write_bytes(b"version: \xff\n")
+    with pytest.raises(ValueError, match=r"^mv6_plan_file: cannot read .*latin1\.yml \("):
+        _plan.read_plan_file(str(bad))
+
+
+def test_write_is_atomic_and_keeps_the_mode(tmp_path):
+    path = tmp_path / "mv6_plan.yml"
+    path.write_text("old\n")
+    os.chmod(path, 0o640)
+    _plan.write_plan_file(str(path), "new\n")
+    assert path.read_text() == "new\n"
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["mv6_plan.yml"]  # no temporary file left behind
+
+
+def test_write_into_a_missing_directory_fails_cleanly(tmp_path):
+    path = tmp_path / "nope" / "mv6_plan.yml"
+    message = f"mv6_plan_file: cannot write in {path.parent} (No such file or directory)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _plan.write_plan_file(str(path), "x")
+
+
+FILTER_CASES = [
+    (_plan.parallel_subnet, (V6, 3), "2001:db8:600:3::/64"),
+    (_plan.parallel_subnet, (V4, 3), "198.51.100.192/26"),
+    (
+        _plan.parallel_subnet,
+        ({"prefix": "198.51.100.0/24", "layout": "shared"}, 9),
+        "198.51.100.0/24",
+    ),
+    (_plan.guest_mac, (V6, 2, 5), "02:6d:00:02:00:05"),
+    (
+        _plan.guest_mac,
+        ({"prefix": "2001:db8:1::/64", "layout": "shared"}, 2, 70000),
+        "02:6d:00:01:11:70",
+    ),
+    (_plan.guest_address, (V6, 2, 5), "2001:db8:600:2:6d:ff:fe02:5"),
+    (_plan.guest_address, (V4, 1, 0), "198.51.100.66"),
+    (_plan.guest_address, (V4, 1, 0, True), "198.51.100.65"),
+]
+
+
+@pytest.mark.parametrize(("func", "args", "expected"), FILTER_CASES)
+def test_one_off_lookups(func, args, expected):
+    assert func(*args) == expected
+
+
+def test_one_off_lookups_agree_with_the_plan():
+    result = plan("ipv6", V4, {"hv1": [g("a"), g("r", router=True)], "hv2": [g("b")]})
+    for h, host in result["hosts"].items():
+        assert _plan.parallel_subnet(V4, host["slot"]) == host["subnet"]
+        for n, x in host["guests"].items():
+            assert _plan.guest_entry(result, h, n) is x
+            assert _plan.guest_mac(V4, host["slot"], x["slot"]) == x["mac"]
+            assert _plan.guest_address(V4, host["slot"], x["slot"], x["router"]) == x["address"]
+
+
+LOOKUP_ERRORS = [
+    (_plan.host_entry, ({"hosts": {}}, "hv1"), "mv6_plan: host hv1 is not in the plan"),
+    (
+        _plan.host_entry,
+        ("x", "hv1"),
+        "mv6_plan: must be a plan returned by mv6.transition.address_plan",
+    ),
+    (
+        _plan.guest_entry,
+        ({"hosts": {"hv1": {"guests": {}}}}, "hv1", "a"),
+        "mv6_plan: host hv1 has no guest a in the plan",
+    ),
+    (_plan.guest_mac, (V6, 70000, 0), "host_slot: must be an integer from 0 to 65535, got 70000"),
+    (_plan.guest_address, (V4, 0, -1), "guest_slot: must be an integer from 0 to 60, got -1"),
+    (_plan.guest_address, (V4, 0, 1, "no"), "router: must be true or false, got 'no'"),
+    (
+        _plan.parallel_subnet,
+        ({"prefix": "198.51.100.0/24", "host_prefixlen": 26}, 4),
+        "host_slot: must be an integer from 0 to 3, got 4",
+    ),
+]
+
+
+@pytest.mark.parametrize(("func", "args", "message"), LOOKUP_ERRORS)
+def test_one_off_lookup_errors(func, args, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        func(*args)
