@@ -1,0 +1,113 @@
+"""What a scenario's tests know about its site: names from site.json, addresses from the plan."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mv6mol.site import bare, ephemeral_dir, load_site, run
+
+NETNS_PYTHON = "/usr/bin/python3"
+RAWNET_PATH = Path(__file__).parent / "rawnet.py"
+
+
+@dataclass
+class PlannedGuest:
+    name: str
+    mac: str
+    address: str
+    prefixlen: int
+    port: str
+    link_local: str | None = None
+    router: bool = False
+
+
+@dataclass
+class Scenario:
+    site: dict
+    plan: dict
+    hypervisor: str
+    guests: list[PlannedGuest] = field(default_factory=list)
+
+    @property
+    def family(self) -> str:
+        return self.site["parallel_family"]
+
+    @property
+    def bridge(self) -> str:
+        return self.site["bridge"]
+
+    @property
+    def subnet(self) -> str:
+        return self.plan["hosts"][self.hypervisor]["subnet"]
+
+    @property
+    def peer(self) -> dict:
+        return self.site["parallel"]
+
+    @property
+    def native(self) -> dict:
+        return self.site["native"]
+
+    def bridge_mac(self) -> str:
+        return Path(f"/sys/class/net/{self.bridge}/address").read_text().strip()
+
+    def ports(self) -> list[str]:
+        out = run("ip", "-j", "link", "show", "master", self.bridge)
+        return sorted(link["ifname"] for link in json.loads(out or "[]"))
+
+    def peer_mac(self) -> str:
+        ns, dev = self.peer["ns"], self.peer["peer_if"]
+        return run("cat", f"/sys/class/net/{dev}/address", netns=ns).strip()
+
+    def host_macs(self) -> set[str]:
+        links = json.loads(run("ip", "-j", "link", "show"))
+        return {link["address"] for link in links if link.get("address")} - {"00:00:00:00:00:00"}
+
+    def spare_address(self) -> str:
+        """An address of the parallel subnet that nobody holds (for spoofing)."""
+        net = ipaddress.ip_network(self.subnet)
+        taken = {g.address for g in self.guests} | {bare(self.peer["peer_addr"])}
+        candidate = net.network_address + (0xDEAD if net.version == 6 else net.num_addresses - 3)
+        assert str(candidate) not in taken
+        return str(candidate)
+
+    def netns_rawnet(self, ns: str, command: str, arg: dict, timeout: float = 120) -> dict:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, NETNS_PYTHON, str(RAWNET_PATH), command, json.dumps(arg)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert proc.returncode == 0, f"rawnet {command} in {ns}: {proc.stderr}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load() -> Scenario:
+    site = load_site()
+    plan_file = Path(os.environ.get("MV6_MOL_PLAN", ephemeral_dir() / "mv6_plan.yml"))
+    plan = yaml.safe_load(plan_file.read_text())
+    hosts = [h for h, v in plan["hosts"].items() if not v.get("released")]
+    assert len(hosts) == 1, f"one hypervisor expected in the plan, got {hosts}"
+    hv = hosts[0]
+    guests = [
+        PlannedGuest(
+            name=name,
+            mac=g["mac"].lower(),
+            address=g["address"],
+            prefixlen=int(g["prefixlen"]),
+            port=g["port"],
+            link_local=g.get("link_local"),
+            router=bool(g.get("router", False)),
+        )
+        for name, g in sorted(plan["hosts"][hv]["guests"].items())
+        if not g.get("released")
+    ]
+    return Scenario(site=site, plan=plan, hypervisor=hv, guests=guests)
