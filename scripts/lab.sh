@@ -65,6 +65,12 @@ ansible_env() {
   export PATH="$top/.venv/bin:$PATH" ANSIBLE_CONFIG="$top/ansible.cfg"
 }
 
+# Extra vars for every playbook run: the interfaces to ignore, as a JSON list.
+extra_vars() {
+  "$venv_python" -c 'import json,sys; print(json.dumps({"mv6_native_state_ignore_interfaces": sys.argv[1].split()}))' \
+    "${MV6_LAB_IGNORE_INTERFACES:-}"
+}
+
 # --- native state of the whole host, before `up` and after `down` ------------------------
 native_state() { # op label
   local args
@@ -274,7 +280,7 @@ up() {
   say "site.yml ($inventory)"
   local t0 rc=0
   t0=$(date +%s)
-  ansible-playbook "$top/playbooks/site.yml" -i "$inventory" 2>&1 | tee "$run_dir/site.log" ||
+  ansible-playbook "$top/playbooks/site.yml" -i "$inventory" -e "$(extra_vars)" 2>&1 | tee "$run_dir/site.log" ||
     rc=$?
   echo "site.yml ($inv): $(($(date +%s) - t0)) s, exit $rc" | tee -a "$state/times.log"
 
@@ -282,7 +288,7 @@ up() {
   cat "$plan_file" 2>/dev/null || echo "(no plan file)"
 
   say "audit (playbooks/verify.yml)"
-  ansible-playbook "$top/playbooks/verify.yml" -i "$inventory" \
+  ansible-playbook "$top/playbooks/verify.yml" -i "$inventory" -e "$(extra_vars)" \
     -e "mv6_verify_report_dir=$run_dir/reports" >"$run_dir/verify.log" 2>&1 ||
     failures=$((failures + 1))
   cat "$run_dir"/reports/*.json 2>/dev/null || tail -n 30 "$run_dir/verify.log"
@@ -309,7 +315,7 @@ down() {
     trap 'stop_bg "$run_dir/probe.pid"' EXIT
   fi
   say "teardown.yml (purging guest disks)"
-  ansible-playbook "$top/playbooks/teardown.yml" -i "$inventory" \
+  ansible-playbook "$top/playbooks/teardown.yml" -i "$inventory" -e "$(extra_vars)" \
     -e mv6_teardown_purge_disks=true 2>&1 | tee "$run_dir/teardown.log" || rc=$?
   if [[ -f $run_dir/probe.pid ]]; then
     say "native critical service during the teardown"
