@@ -1,0 +1,323 @@
+"""roles/guest on real libvirt and QEMU (TCG): boot, idempotence, check mode, non-persistent
+discard and commit, a bounded agent wait, and removal.
+
+The guests sit on a bridge this module creates (``t-gstbr0``, no address, IPv6 off on it) and
+their layers in a state directory of their own; the golden image is the newest one the
+golden_image role built (``/var/lib/mv6/images/debian12.qcow2``), or the image named by
+``MV6_TEST_GOLDEN`` (a .qcow2 with .vmlinuz and .initrd beside it). Everything the tests
+create is removed in finalizers, also on failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+BIN = TOP / ".venv" / "bin"
+URI = "qemu:///system"
+BRIDGE = "t-gstbr0"
+WORK = Path("/var/tmp/t-gst/it-guest")
+GUEST = "t-gst-a"
+TIMINGS: dict[str, float] = {}
+
+pytestmark = [
+    pytest.mark.libvirt,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (libvirt system URI, bridges)"),
+]
+
+
+# --- helpers (also copied into test_guest_network.py, which must run on its own) ------------
+def sh(*argv: str, timeout: int = 60, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def golden_image() -> dict | None:
+    """The golden image to test with: {path, kernel, initrd}, or None."""
+    candidates = [os.environ.get("MV6_TEST_GOLDEN", ""), "/var/lib/mv6/images/debian12.qcow2"]
+    candidates += sorted(str(p) for p in Path("/var/lib/mv6/images").glob("debian12-*.qcow2"))
+    candidates += ["/var/tmp/t-gst/golden/debian12.qcow2"]
+    for path in filter(None, candidates):
+        base = path[: -len(".qcow2")]
+        files = {"path": path, "kernel": base + ".vmlinuz", "initrd": base + ".initrd"}
+        if all(Path(f).is_file() for f in files.values()):
+            return {k: str(Path(v).resolve()) for k, v in files.items()}
+    return None
+
+
+def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[int, str, dict]:
+    """Run roles/guest on localhost with the vars in ``extra``; return rc, output, recap."""
+    varfile = work / "extra.json"
+    varfile.write_text(json.dumps(extra))
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        ANSIBLE_CONFIG=str(TOP / "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(work / "site.yml"),
+         "-e", f"@{varfile}", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=TOP, env=env, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    recap = {}
+    match = re.search(r"^localhost\s+:\s+(.*)$", out, re.M)
+    if match:
+        recap = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    return proc.returncode, out, recap
+
+
+def agent(domain: str, command: dict, timeout: int = 10) -> dict:
+    proc = sh("virsh", "-q", "-c", URI, "qemu-agent-command", "--timeout", str(timeout),
+              domain, json.dumps(command), timeout=timeout + 10)  # fmt: skip
+    return json.loads(proc.stdout)["return"]
+
+
+def guest_exec(domain: str, *argv: str, timeout: int = 60) -> tuple[int, str]:
+    """Run argv in the guest through its agent; return exit code and stdout."""
+    pid = agent(domain, {"execute": "guest-exec", "arguments": {
+        "path": argv[0], "arg": list(argv[1:]), "capture-output": True}})["pid"]  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = agent(domain, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        if status["exited"]:
+            out = base64.b64decode(status.get("out-data", "")).decode()
+            return status.get("exitcode", -1), out
+        time.sleep(0.3)
+    raise TimeoutError(f"{argv} did not finish in {domain} within {timeout} s")
+
+
+def remove_domains(prefix: str) -> None:
+    names = sh("virsh", "-q", "-c", URI, "list", "--all", "--name", check=False).stdout.split()
+    for name in names:
+        if name.startswith(prefix):
+            sh("virsh", "-c", URI, "destroy", name, check=False)
+            sh("virsh", "-c", URI, "undefine", name, check=False)
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+SITE = """
+- name: Guests of this hypervisor
+  hosts: localhost
+  gather_facts: false
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  roles:
+    - role: mv6.transition.guest
+"""
+
+
+# --- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab():
+    image = golden_image()
+    if image is None:
+        pytest.skip("no golden image: run roles/golden_image or set MV6_TEST_GOLDEN")
+    sh("bash", str(TOP / "scripts" / "libvirt-up.sh"))
+    remove_domains("t-gst-")
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "guests").mkdir(parents=True)
+    WORK.chmod(0o755)
+    (WORK / "site.yml").write_text(SITE)
+    sh("ip", "link", "del", BRIDGE, check=False)
+    sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    try:
+        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{BRIDGE}.disable_ipv6=1")
+        sh("ip", "link", "set", BRIDGE, "up")
+        golden_sum = sha256(image["path"])
+        base = {
+            "mv6_hypervisor_accel_effective": "qemu",
+            "mv6_parallel": {"bridge": BRIDGE},
+            "mv6_guest_state_dir": str(WORK / "guests"),
+            "mv6_guest_images": {"debian12": image},
+            "mv6_guest_agent_timeout": 240,
+            "mv6_plan": {
+                "version": 1,
+                "native_family": "ipv4",
+                "parallel_family": "ipv6",
+                "prefix": "2001:db8:6a00::/48",
+                "layout": "per_host",
+                "host_prefixlen": 64,
+                "address_mode": "sequential",
+                "hosts": {
+                    "localhost": {
+                        "slot": 0,
+                        "released": False,
+                        "subnet": "2001:db8:6a00::/64",
+                        "gateway": None,
+                        "dns": [],
+                        "guests": {
+                            GUEST: {
+                                "slot": 0,
+                                "released": False,
+                                "mac": "02:6d:76:6a:00:0a",
+                                "address": "2001:db8:6a00::a",
+                                "prefixlen": 64,
+                                "port": "t-gstp0",
+                                "router": False,
+                            },
+                            "t-gst-dead": {
+                                "slot": 1,
+                                "released": False,
+                                "mac": "02:6d:76:6a:00:0d",
+                                "address": "2001:db8:6a00::d",
+                                "prefixlen": 64,
+                                "port": "t-gstp1",
+                                "router": False,
+                            },
+                        },
+                    }
+                },
+            },
+        }
+        yield {"image": image, "base": base, "golden_sum": golden_sum}
+    finally:
+        remove_domains("t-gst-")
+        shutil.rmtree(WORK, ignore_errors=True)
+        sh("ip", "link", "del", BRIDGE, check=False)
+        if TIMINGS:
+            print("\nroles/guest timings (s):", json.dumps(TIMINGS))
+
+
+def run(lab, guests: list[dict], *args: str, **extra) -> tuple[int, str, dict]:
+    return playbook(WORK, dict(lab["base"], mv6_guests=guests, **extra), *args)
+
+
+GUEST_ITEM = {"name": GUEST, "persistence": "non_persistent", "memory_mib": 384}
+
+
+# --- tests, in order: they share the one guest --------------------------------------------
+def test_bad_input_fails_before_any_change(lab):
+    rc, out, _ = run(lab, [{"name": "t-gst-unplanned"}])
+    assert rc != 0
+    assert "mv6_guests[0].name: guest t-gst-unplanned has no entry in mv6_plan.hosts.localhost" in out
+    rc, out, _ = run(lab, [{"name": GUEST, "persistence": "sometimes"}])
+    assert rc != 0
+    assert "persistence" in out and "sometimes" in out
+    assert not (WORK / "guests" / GUEST).exists(), "bad input must change nothing"
+    assert GUEST not in sh("virsh", "-q", "-c", URI, "list", "--all", "--name").stdout.split()
+
+
+def test_first_run_boots_guest_to_its_agent(lab):
+    start = time.monotonic()
+    rc, out, recap = run(lab, [GUEST_ITEM])
+    TIMINGS["first_run_boot_to_agent"] = round(time.monotonic() - start, 1)
+    assert rc == 0, out[-4000:]
+    assert recap["changed"] > 0
+    assert agent(GUEST, {"execute": "guest-ping"}) == {}
+    xml = sh("virsh", "-c", URI, "dumpxml", GUEST).stdout
+    assert xml.count("<interface ") == 1
+    assert f"<source bridge='{BRIDGE}'/>" in xml and "<target dev='t-gstp0'/>" in xml
+    assert "<mac address='02:6d:76:6a:00:0a'/>" in xml
+    assert "network=" not in xml and "<graphics" not in xml
+    assert "org.qemu.guest_agent.0" in xml and 'xmlns:mv6="https://mv6.invalid/transition"' in xml
+    pid = sh("pgrep", "-f", f"guest={GUEST},").stdout.split()[0]
+    assert sh("ps", "-o", "user=", "-p", pid).stdout.strip() == "libvirt-qemu"
+    guest_dir = WORK / "guests" / GUEST
+    assert (guest_dir / "session.qcow2").is_file() and (guest_dir / "persistent.qcow2").is_file()
+    assert f"{GUEST}: guest agent answered" in out
+
+
+def test_second_run_changes_nothing(lab):
+    rc, out, recap = run(lab, [GUEST_ITEM])
+    assert rc == 0, out[-4000:]
+    assert recap["changed"] == 0, out[-4000:]
+
+
+def test_check_mode_changes_nothing(lab):
+    before = sh("virsh", "-c", URI, "dumpxml", "--inactive", GUEST).stdout
+    rc, out, recap = run(lab, [GUEST_ITEM], "--check")
+    assert rc == 0, out[-4000:]
+    assert recap["changed"] == 0, out[-4000:]
+    assert sh("virsh", "-c", URI, "dumpxml", "--inactive", GUEST).stdout == before
+
+
+def test_check_mode_reports_a_stop_without_stopping(lab):
+    rc, out, recap = run(lab, [dict(GUEST_ITEM, state="stopped")], "--check")
+    assert rc == 0, out[-4000:]
+    assert recap["changed"] > 0
+    assert sh("virsh", "-q", "-c", URI, "domstate", GUEST).stdout.strip() == "running"
+
+
+def write_marker(name: str) -> None:
+    code, _ = guest_exec(GUEST, "/bin/sh", "-c", f"echo mv6 > /root/{name} && sync")
+    assert code == 0
+    assert guest_exec(GUEST, "/bin/cat", f"/root/{name}") == (0, "mv6\n")
+
+
+def test_restart_of_non_persistent_guest_discards_the_session(lab):
+    write_marker("t-gst-discarded")
+    rc, out, _ = run(lab, [dict(GUEST_ITEM, state="stopped")])
+    assert rc == 0, out[-4000:]
+    assert sh("virsh", "-q", "-c", URI, "domstate", GUEST).stdout.strip() == "shut off"
+    start = time.monotonic()
+    rc, out, _ = run(lab, [GUEST_ITEM])
+    TIMINGS["restart_with_discard_to_agent"] = round(time.monotonic() - start, 1)
+    assert rc == 0, out[-4000:]
+    code, _ = guest_exec(GUEST, "/bin/ls", "/root/t-gst-discarded")
+    assert code != 0, "the file written in the last session must be gone after a discard"
+
+
+def test_restart_with_commit_keeps_the_session(lab):
+    write_marker("t-gst-committed")
+    item = dict(GUEST_ITEM, session_action="commit")
+    rc, out, _ = run(lab, [dict(item, state="stopped")])
+    assert rc == 0, out[-4000:]
+    rc, out, _ = run(lab, [item])
+    assert rc == 0, out[-4000:]
+    assert guest_exec(GUEST, "/bin/cat", "/root/t-gst-committed") == (0, "mv6\n")
+
+
+def test_agent_wait_is_bounded_and_names_the_guest(lab, tmp_path):
+    # A guest whose disk holds no system: the kernel boots, finds no root, never starts an agent.
+    blank = WORK / "blank.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", str(blank), "64M")
+    blank.chmod(0o444)
+    images = {"debian12": lab["image"], "blank": dict(lab["image"], path=str(blank))}
+    start = time.monotonic()
+    rc, out, _ = run(
+        lab,
+        [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "memory_mib": 256}],
+        mv6_guest_images=images,
+        mv6_guest_agent_timeout=15,
+    )
+    elapsed = time.monotonic() - start
+    assert rc != 0
+    assert "mv6_guest_agent_timeout: t-gst-dead did not answer guest-ping" in out
+    assert "within 15 s" in out and str(WORK / "guests" / "t-gst-dead" / "serial.log") in out
+    assert elapsed < 120
+    rc, out, _ = run(lab, [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "state": "absent"}],
+                     mv6_guest_images=images)  # fmt: skip
+    assert rc == 0, out[-4000:]
+    assert not (WORK / "guests" / "t-gst-dead").exists()
+
+
+def test_absent_removes_the_guest_and_keeps_the_golden_image(lab):
+    rc, out, _ = run(lab, [dict(GUEST_ITEM, state="absent")])
+    assert rc == 0, out[-4000:]
+    assert GUEST not in sh("virsh", "-q", "-c", URI, "list", "--all", "--name").stdout.split()
+    assert not (WORK / "guests" / GUEST).exists()
+    assert sha256(lab["image"]["path"]) == lab["golden_sum"]
+    assert oct(Path(lab["image"]["path"]).stat().st_mode & 0o777) == "0o444"
+    rc, out, recap = run(lab, [dict(GUEST_ITEM, state="absent")])
+    assert rc == 0 and recap["changed"] == 0, out[-4000:]
