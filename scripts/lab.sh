@@ -35,8 +35,8 @@ parallel_banner="mv6lab parallel service"
 case "$inv" in
   lab)
     native_family=ipv4
-    host_native=198.51.100.1/24
-    peer_native=198.51.100.2/24
+    host_native=198.51.100.193/26
+    peer_native=198.51.100.194/26
     parallel_peer=2001:db8:600::1/64
     ;;
   lab_v4)
@@ -192,9 +192,8 @@ EOF
     ip netns exec "$par_ns" radvd -C "$run_dir/radvd.conf" -p "$run_dir/radvd.pid" \
       -m logfile -l "$run_dir/radvd.log"
   fi
-  for _ in $(seq 50); do
-    ip netns exec "$native_ns" true &&
-      timeout 2 bash -c "exec 3<>/dev/tcp/$peer_native_addr/$critical_port" 2>/dev/null && return 0
+  for _ in $(seq 100); do
+    timeout 2 bash -c "exec 3<>/dev/tcp/$peer_native_addr/$critical_port" 2>/dev/null && return 0
     sleep 0.1
   done
   die "the critical service on $peer_native_addr:$critical_port does not answer"
