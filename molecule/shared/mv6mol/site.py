@@ -216,10 +216,14 @@ _LIFETIMES = re.compile(r"\s+valid_lft \S+ preferred_lft \S+")
 _EXPIRES = re.compile(r" expires \d+sec")
 
 
-def _own_ifaces(site: dict) -> set[str]:
-    """Interfaces that belong to the parallel network: the bridge, its ports, the uplink."""
+def _own_ifaces(site: dict, strict: bool = False) -> set[str]:
+    """Interfaces that belong to the parallel network: the bridge, its ports, the uplink.
+
+    ``strict`` keeps the uplink: it is the site's interface, lent to MV6, and must be handed
+    back as it was.
+    """
     names = {site["bridge"]}
-    if site.get("parallel"):
+    if site.get("parallel") and not strict:
         names.add(site["parallel"]["host_if"])
     out = run("ip", "-o", "link", "show", "master", site["bridge"], check=False)
     names.update(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
@@ -264,16 +268,18 @@ def strip_tables(ruleset: str, ignore: re.Pattern) -> str:
     return "\n".join(out)
 
 
-def native_snapshot(site: dict, ignore: str | None = None) -> dict[str, str]:
+def native_snapshot(site: dict, ignore: str | None = None, strict: bool = False) -> dict[str, str]:
     """The host's native state as text: addresses, routes, rules, ruleset, global sysctls.
 
     Left out: the parallel bridge, its ports and the uplink (their state is asserted on its
     own: no address, no route), the collection's own ``bridge mv6_isolation`` table,
     lifetimes and counters (they change by themselves), and objects of other pieces'
     concurrently running tests (``MV6_MOL_IGNORE``, default ``^t-(?!mol)``).
+    ``strict`` also records the uplink and the per-interface sysctls of the site's own
+    interfaces (for a host that must end exactly where it started).
     """
     pattern = re.compile(ignore or os.environ.get("MV6_MOL_IGNORE", DEFAULT_IGNORE))
-    skip = _own_ifaces(site)
+    skip = _own_ifaces(site, strict)
 
     def lines(*argv: str) -> str:
         out = run(*argv, check=False)
@@ -293,6 +299,21 @@ def native_snapshot(site: dict, ignore: str | None = None) -> dict[str, str]:
         "net/ipv4/conf/default/arp_ignore",
     ):
         sysctls[key] = Path("/proc/sys", key).read_text().strip()
+    if strict:
+        ifaces = [site["native"]["host_if"]]
+        if site.get("parallel"):
+            ifaces.append(site["parallel"]["host_if"])
+        for dev in ifaces:
+            for fam in ("ipv4", "ipv6"):
+                base = Path("/proc/sys/net", fam, "conf", dev)
+                if base.is_dir():
+                    for f in sorted(base.iterdir()):
+                        if f.name.startswith("stable_secret"):
+                            continue
+                        try:
+                            sysctls[f"net/{fam}/conf/{dev}/{f.name}"] = f.read_text().strip()
+                        except OSError:
+                            continue
     return {
         "addresses": lines("ip", "-o", "addr", "show"),
         "routes4": lines("ip", "-4", "route", "show", "table", "all"),
@@ -309,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "snapshot"])
     parser.add_argument("--site", help="site.json (default: in the ephemeral directory)")
     parser.add_argument("--out", help="snapshot: file to write")
+    parser.add_argument("--strict", action="store_true", help="snapshot: keep the uplink too")
     args = parser.parse_args(argv)
     site = load_site(args.site)
     if args.action == "up":
@@ -318,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         removed = down(site)
         print(json.dumps({"changed": bool(removed), "removed": removed}))
     else:
-        snap = native_snapshot(site)
+        snap = native_snapshot(site, strict=args.strict)
         Path(args.out).write_text(json.dumps(snap, indent=1, sort_keys=True))
         print(json.dumps({"changed": True, "file": args.out}))
     return 0
