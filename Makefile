@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
-SANITY_ROOT := $(abspath build/sanity)/ansible_collections/mv6/transition
+SANITY_BASE ?= build/sanity
+SANITY_ROOT := $(abspath $(SANITY_BASE))/ansible_collections/mv6/transition
 # Molecule scenarios run in this order; each builds and removes its own simulated site.
 SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
 
@@ -43,7 +44,7 @@ integration:
 # ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of
 # the tree: run it on a copy of the tracked files only, never on a tree holding a venv.
 sanity:
-	rm -rf build/sanity && mkdir -p $(SANITY_ROOT)
+	rm -rf $(SANITY_BASE) && mkdir -p $(SANITY_ROOT)
 	git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
 	cd $(SANITY_ROOT) && git init -q && git add -A && \
 	  timeout 1200 $(BIN)/ansible-test sanity --local --python 3.11 --requirements --color no
