@@ -386,14 +386,13 @@ class GuestDisk:
                 continue
             try:
                 top = self.chain(path)[0]
+                layers[layer] = {
+                    "backing": top["backing"],
+                    "backing_format": top["backing_format"],
+                    "dirty": self.dirty(path),
+                }
             except DiskError as exc:
                 layers[layer] = {"error": str(exc)}
-                continue
-            layers[layer] = {
-                "backing": top["backing"],
-                "backing_format": top["backing_format"],
-                "dirty": self.dirty(path),
-            }
         return layers
 
     # --- operations -------------------------------------------------------------------------
