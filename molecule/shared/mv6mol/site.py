@@ -325,15 +325,63 @@ def native_snapshot(site: dict, ignore: str | None = None, strict: bool = False)
     }
 
 
+# --- sharing the host -----------------------------------------------------------------------
+
+NFT_FILE = Path("/etc/nftables.d/mv6_isolation.nft")
+
+
+def isolation_table_owner() -> str | None:
+    """The bridge the host's ``bridge mv6_isolation`` table was made for (None: no table)."""
+    if not run("nft", "list", "table", "bridge", "mv6_isolation", check=False).strip():
+        return None
+    text = NFT_FILE.read_text() if NFT_FILE.exists() else ""
+    m = re.search(r"isolation of the parallel bridge (\S+)", text)
+    return m.group(1) if m else "?"
+
+
+def foreign_mv6(site: dict) -> list[str]:
+    """Another MV6 parallel network on this host, which a scenario would break.
+
+    The hypervisor role keeps ONE ``bridge mv6_isolation`` table per host, and the planner
+    names guest taps mv6p<slot> in every plan: a scenario converging next to the lab (or
+    another scenario) would replace that network's table and collide on tap names.
+    """
+    found = []
+    owner = isolation_table_owner()
+    if owner not in (None, site["bridge"]):
+        found.append(f"table bridge mv6_isolation (for bridge {owner})")
+    for line in run("ip", "-o", "link", "show").splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if re.match(r"^mv6p\d+$", name) and f" master {site['bridge']} " not in line:
+            found.append(f"tap {name}")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mv6mol.site", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "snapshot"])
+    parser.add_argument("action", choices=["up", "down", "snapshot", "preflight", "owner"])
     parser.add_argument("--site", help="site.json (default: in the ephemeral directory)")
     parser.add_argument("--out", help="snapshot: file to write")
     parser.add_argument("--strict", action="store_true", help="snapshot: keep the uplink too")
     args = parser.parse_args(argv)
     site = load_site(args.site)
-    if args.action == "up":
+    if args.action == "preflight":
+        found = foreign_mv6(site)
+        if found:
+            print(
+                "another MV6 parallel network is up on this host: "
+                + ", ".join(found)
+                + ". The hypervisor role keeps one isolation table per host and tap names are "
+                "mv6p<slot> in every plan, so this scenario would break it. Take it down first "
+                "(scripts/lab.sh down), then run the scenario.",
+                file=sys.stderr,
+            )
+            return 1
+        print(json.dumps({"changed": False}))
+    elif args.action == "owner":
+        owner = isolation_table_owner()
+        print(json.dumps({"owner": owner, "mine": owner == site["bridge"]}))
+    elif args.action == "up":
         up(site)
         print(json.dumps({"changed": True}))
     elif args.action == "down":
