@@ -51,7 +51,13 @@ def golden_image() -> dict | None:
         base = path[: -len(".qcow2")]
         files = {"path": path, "kernel": base + ".vmlinuz", "initrd": base + ".initrd"}
         if all(Path(f).is_file() for f in files.values()):
-            return {k: str(Path(v).resolve()) for k, v in files.items()}
+            resolved = {k: str(Path(v).resolve()) for k, v in files.items()}
+            recipe = Path(base + ".recipe.json")
+            if recipe.is_file():
+                cmdline = json.loads(recipe.read_text()).get("cmdline")
+                if cmdline:
+                    resolved["cmdline"] = cmdline
+            return resolved
     return None
 
 
@@ -67,10 +73,22 @@ def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[i
         ANSIBLE_NOCOLOR="1",
     )
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(work / "site.yml"),
-         "-e", f"@{varfile}", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=TOP, env=env, check=False,
-    )  # fmt: skip
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            str(work / "site.yml"),
+            "-e",
+            f"@{varfile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=TOP,
+        env=env,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     recap = {}
     match = re.search(r"^localhost\s+:\s+(.*)$", out, re.M)
@@ -80,15 +98,30 @@ def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[i
 
 
 def agent(domain: str, command: dict, timeout: int = 10) -> dict:
-    proc = sh("virsh", "-q", "-c", URI, "qemu-agent-command", "--timeout", str(timeout),
-              domain, json.dumps(command), timeout=timeout + 10)  # fmt: skip
+    proc = sh(
+        "virsh",
+        "-q",
+        "-c",
+        URI,
+        "qemu-agent-command",
+        "--timeout",
+        str(timeout),
+        domain,
+        json.dumps(command),
+        timeout=timeout + 10,
+    )
     return json.loads(proc.stdout)["return"]
 
 
 def guest_exec(domain: str, *argv: str, timeout: int = 60) -> tuple[int, str]:
     """Run argv in the guest through its agent; return exit code and stdout."""
-    pid = agent(domain, {"execute": "guest-exec", "arguments": {
-        "path": argv[0], "arg": list(argv[1:]), "capture-output": True}})["pid"]  # fmt: skip
+    pid = agent(
+        domain,
+        {
+            "execute": "guest-exec",
+            "arguments": {"path": argv[0], "arg": list(argv[1:]), "capture-output": True},
+        },
+    )["pid"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = agent(domain, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
@@ -150,7 +183,7 @@ def lab():
             "mv6_parallel": {"bridge": BRIDGE},
             "mv6_guest_state_dir": str(WORK / "guests"),
             "mv6_guest_images": {"debian12": image},
-            "mv6_guest_agent_timeout": 240,
+            "mv6_guest_agent_timeout": 480,
             "mv6_plan": {
                 "version": 1,
                 "native_family": "ipv4",
@@ -210,7 +243,8 @@ GUEST_ITEM = {"name": GUEST, "persistence": "non_persistent", "memory_mib": 384}
 def test_bad_input_fails_before_any_change(lab):
     rc, out, _ = run(lab, [{"name": "t-gst-unplanned"}])
     assert rc != 0
-    assert "mv6_guests[0].name: guest t-gst-unplanned has no entry in mv6_plan.hosts.localhost" in out
+    expected = "mv6_guests[0].name: guest t-gst-unplanned has no entry in mv6_plan.hosts.localhost"
+    assert expected in out
     rc, out, _ = run(lab, [{"name": GUEST, "persistence": "sometimes"}])
     assert rc != 0
     assert "persistence" in out and "sometimes" in out
@@ -306,8 +340,11 @@ def test_agent_wait_is_bounded_and_names_the_guest(lab, tmp_path):
     assert "mv6_guest_agent_timeout: t-gst-dead did not answer guest-ping" in out
     assert "within 15 s" in out and str(WORK / "guests" / "t-gst-dead" / "serial.log") in out
     assert elapsed < 120
-    rc, out, _ = run(lab, [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "state": "absent"}],
-                     mv6_guest_images=images)  # fmt: skip
+    rc, out, _ = run(
+        lab,
+        [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "state": "absent"}],
+        mv6_guest_images=images,
+    )
     assert rc == 0, out[-4000:]
     assert not (WORK / "guests" / "t-gst-dead").exists()
 
