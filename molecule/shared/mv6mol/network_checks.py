@@ -257,17 +257,22 @@ def test_check_mode_run_changed_nothing() -> None:
         assert stats["changed"] == 0, f"second converge changed {stats['changed']} on {host}"
 
 
-def test_host_has_no_address_on_the_parallel_network(scn: Scenario) -> None:
+def test_host_has_no_address_on_the_parallel_network(host, scn: Scenario) -> None:
+    """testinfra's host (the hypervisor, from the scenario inventory) reads its own links."""
     ports = scn.ports()
     uplink = scn.peer["host_if"]
     assert uplink in ports, f"the uplink {uplink} is not a port of {scn.bridge}: {ports}"
     assert {g.port for g in scn.guests} <= set(ports), ports
+    bridge = host.interface(scn.bridge)
+    assert bridge.exists
+    assert bridge.addresses == [], f"the host has addresses on {scn.bridge}: {bridge.addresses}"
     for dev in [scn.bridge, *ports]:
-        addrs = json.loads(run("ip", "-j", "addr", "show", "dev", dev))[0].get("addr_info", [])
-        assert addrs == [], f"the host has addresses on {dev}: {addrs}"
-        for fam in ("-4", "-6"):
-            routes = run("ip", fam, "route", "show", "table", "all", "dev", dev).strip()
-            assert routes == "", f"the host has {fam} routes on {dev}: {routes}"
+        addrs = host.check_output(f"ip -o addr show dev {dev}")
+        assert addrs == "", f"the host has addresses on {dev}: {addrs}"
+        routes = host.check_output(
+            f"ip -4 route show table all dev {dev}; ip -6 route show table all dev {dev}"
+        )
+        assert routes == "", f"the host has routes on {dev}: {routes}"
 
 
 def test_guests_have_only_their_family(scn: Scenario, guests: dict[str, Guest]) -> None:
