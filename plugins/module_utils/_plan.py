@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import tempfile
+from operator import itemgetter
 
 try:
     import netaddr
@@ -420,7 +421,7 @@ def parse_guests(host: str, guests: object) -> HostGuests:
     if not guests:
         return _NO_GUESTS
     try:
-        names = _columns_ok(guests)
+        names, present = _columns_ok(guests) or (None, None)
     except (KeyError, TypeError, ValueError):
         names = None
     if names is None:
@@ -436,7 +437,6 @@ def parse_guests(host: str, guests: object) -> HostGuests:
                     f"(also mv6_guests[{first[name]}])"
                 )
             first[name] = i
-    present = set().union(*guests)
     routers: frozenset = frozenset()
     released: frozenset = frozenset()
     explicit: dict = {}
@@ -460,39 +460,48 @@ _STR_ONLY = {str}
 _BOOL_ONLY = {bool}
 
 
-def _columns_ok(guests: list) -> list | None:
-    """The guests' names if every guest is valid (duplicates aside), else None."""
-    if set(map(type, guests)) != _DICT_ONLY or not all(map(GUEST_KEYS.issuperset, guests)):
+def _column(guests: list, key: str, default: object) -> list:
+    """Every guest's value of key (default where it is left out)."""
+    try:
+        return list(map(itemgetter(key), guests))
+    except KeyError:
+        return [g.get(key, default) for g in guests]
+
+
+def _columns_ok(guests: list) -> tuple[list, set] | None:
+    """(names, keys used) if every guest is valid (duplicates aside), else None."""
+    if set(map(type, guests)) != _DICT_ONLY:
         return None
-    names = [g["name"] for g in guests]
+    present = set().union(*guests)
+    if not present <= GUEST_KEYS:
+        return None
+    names = list(map(_NAME_OF, guests))
     if set(map(type, names)) != _STR_ONLY:
         return None
     joined = "\n".join(names) + "\n"
     if joined.count("\n") != len(names) or _NAMES.fullmatch(joined) is None:
         return None
-    present = set().union(*guests)
     for key, (low, high) in GUEST_INT_RANGES.items():
         if key in present:
-            values = [g.get(key, low) for g in guests]
+            values = _column(guests, key, low)
             if set(map(type, values)) != _INT_ONLY or min(values) < low or max(values) > high:
                 return None
-    if "router" in present:
-        values = [g.get("router", False) for g in guests]
-        if set(map(type, values)) != _BOOL_ONLY:
-            return None
-    if "state" in present and not {g.get("state", "running") for g in guests} <= _STATES:
+    if "router" in present and set(map(type, _column(guests, "router", False))) != _BOOL_ONLY:
         return None
-    if "persistence" in present and not {g.get("persistence", "persistent") for g in guests} <= (
-        _PERSISTENCE
+    if "state" in present and not set(_column(guests, "state", "running")) <= _STATES:
+        return None
+    if "persistence" in present and not (
+        set(_column(guests, "persistence", "persistent")) <= _PERSISTENCE
     ):
         return None
     if "image" in present:
-        values = [g.get("image", "x") for g in guests]
+        values = _column(guests, "image", "x")
         if set(map(type, values)) != _STR_ONLY or not all(values):
             return None
-    return names
+    return names, present
 
 
+_NAME_OF = itemgetter("name")
 _STATES = frozenset(STATES)
 _PERSISTENCE = frozenset(PERSISTENCE)
 
@@ -609,6 +618,14 @@ def check_plan(plan: object) -> dict:
                         f"hosts.{host}.guests.{guest}.{key} is missing or not a {kind.__name__}"
                     )
             gslot = g["slot"]
+            # A MAC is a function of the slots, so unique slots make unique MACs: a MAC that
+            # is not its slots' MAC (edited by hand) could collide, and is refused.
+            mac = 0x026D << 32 | gslot if shared else 0x026D << 32 | hslot << 16 | gslot
+            if g["mac"] != mac_text(mac):
+                raise ValueError(
+                    f"hosts.{host}.guests.{guest}.mac is {g['mac']}, but its slots give "
+                    f"{mac_text(mac)}"
+                )
             if gslot in slots:
                 raise ValueError(f"guests {slots[gslot]} and {host}/{guest} share slot {gslot}")
             slots[gslot] = f"{host}/{guest}"
@@ -858,10 +875,9 @@ def _build_plan(
         entry = hosts_out[h]
         if shared:
             entry["gateway"] = gateway_text
-        else:
-            for g in entry["guests"].values():
-                if g["router"] and not g["released"]:
-                    entry["gateway"] = g["address"]
+        elif h not in release:
+            for name in sorted(parsed[h].routers - parsed[h].released):
+                entry["gateway"] = entry["guests"][name]["address"]
 
     for h, entry in prev_hosts.items():
         if h in hosts_out:
@@ -880,7 +896,6 @@ def _build_plan(
             for h, e in hosts_out.items()
             if not e["released"]
         }
-    _check_macs(hosts_out)
     plan = site.to_plan_header()
     plan["hosts"] = hosts_out
     return plan
@@ -914,18 +929,19 @@ def _guest_entries(
             _hex_pair(top)
             _port(top)
         hexes, pairs, ports = _HEX, _HEX_PAIR, _PORTS
-        for name, s in zip(guests.names, slots, strict=True):
-            gs = hexes[s]
-            out[name] = {
+        out = {
+            name: {
                 "slot": s,
                 "released": host_released,
                 "mac": mac_head + pairs[s],
-                "address": head + gs,
+                "address": head + hexes[s],
                 "prefixlen": prefixlen,
-                "link_local": ll_head + gs,
+                "link_local": ll_head + hexes[s],
                 "port": ports[s],
                 "router": False,
             }
+            for name, s in zip(guests.names, slots, strict=True)
+        }
         _mark(family, out, guests, explicit)
         return out
     routers = guests.routers
@@ -987,22 +1003,6 @@ def _check_taken(site: Site, hosts: dict, prev_hosts: dict, explicit: dict) -> N
                     f"mv6_guests[{index}].address on host {h}: {text} is already taken by {owner}"
                 )
             owners[text] = f"{h}/{n}"
-
-
-def _check_macs(hosts: dict) -> None:
-    seen: dict[str, str] = {}
-    count = sum(len(e["guests"]) for e in hosts.values())
-    macs = {g["mac"] for e in hosts.values() for g in e["guests"].values()}
-    if len(macs) == count:
-        return
-    for h, entry in sorted(hosts.items()):
-        for n, g in sorted(entry["guests"].items()):
-            other = seen.setdefault(g["mac"], f"{h}/{n}")
-            if other != f"{h}/{n}":
-                raise ValueError(
-                    f"mv6_plan_file: guests {other} and {h}/{n} share MAC {g['mac']}; "
-                    f"the plan file was edited by hand"
-                )
 
 
 def _hosts_exhausted(site: Site, needed: int) -> None:

@@ -461,16 +461,15 @@ def test_every_mac_is_locally_administered_unicast():
             assert first & 0x02 and not first & 0x01
 
 
-def test_duplicate_mac_in_a_hand_edited_file_is_caught():
-    first = plan("ipv4", V6, {"hv1": [g("a"), g("b")]})
-    edited = copy.deepcopy(first)
-    edited["hosts"]["hv1"]["guests"]["b"]["mac"] = edited["hosts"]["hv1"]["guests"]["a"]["mac"]
+def test_hand_edited_mac_in_the_plan_file_is_refused():
+    text = _plan.dump_plan(plan("ipv4", V6, {"hv1": [g("a"), g("b")]}))
+    edited = text.replace("mac: 02:6d:00:00:00:01", "mac: 02:6d:00:00:00:00")
     message = (
-        "mv6_plan_file: guests hv1/a and hv1/b share MAC 02:6d:00:00:00:00; the plan file was "
-        "edited by hand"
+        "mv6_plan_file: p.yml is corrupt (hosts.hv1.guests.b.mac is 02:6d:00:00:00:00, but its "
+        "slots give 02:6d:00:00:00:01); it was kept unchanged, fix it or move it away"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        plan("ipv4", V6, {"hv2": []}, edited)
+        _plan.parse_plan_text(edited, "p.yml")
 
 
 CORRUPT = [

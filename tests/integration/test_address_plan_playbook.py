@@ -1,0 +1,247 @@
+"""mv6.transition.address_plan through a real ansible-playbook run, on local hosts only.
+
+Every test builds its own inventory in a temporary directory; nothing outside it is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.timeout(300)
+
+PLAY = """\
+- name: Plan the parallel network
+  hosts: mv6_hypervisors
+  gather_facts: false
+  tasks:
+    - name: Plan addresses
+      mv6.transition.address_plan: {args}
+      run_once: true
+      register: mv6_planned
+
+    - name: Every host has the fact, and the filters read it
+      ansible.builtin.copy:
+        dest: "{{{{ inventory_dir }}}}/seen-{{{{ inventory_hostname }}}}.json"
+        mode: "0644"
+        content: >-
+          {{{{ {{'subnet': (mv6_plan | mv6.transition.host_plan(inventory_hostname)).subnet,
+               'mac': mv6_parallel | mv6.transition.guest_mac(1, 2),
+               'address': mv6_parallel | mv6.transition.guest_address(1, 2),
+               'slice': mv6_parallel | mv6.transition.parallel_subnet(1)}} | to_json }}}}
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A two-hypervisor site: hv1 with two guests (one name templated), hv2 with one."""
+    inv = tmp_path / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    (inv / "host_vars").mkdir()
+    (inv / "hosts.yml").write_text(
+        textwrap.dedent(
+            """\
+            all:
+              children:
+                mv6_hypervisors:
+                  hosts:
+                    hv1:
+                    hv2:
+              vars:
+                ansible_connection: local
+                ansible_python_interpreter: "{{ ansible_playbook_python }}"
+            """
+        )
+    )
+    write_vars(
+        inv / "group_vars" / "all.yml",
+        {
+            "mv6_native_family": "ipv4",
+            "mv6_parallel": {"prefix": "2001:db8:600::/48", "dns": ["2001:db8::53"]},
+            "mv6_plan_file": "{{ inventory_dir }}/mv6_plan.yml",
+            "guest_prefix": "web",
+        },
+    )
+    write_vars(
+        inv / "host_vars" / "hv1.yml",
+        {
+            "mv6_guests": [
+                {"name": "{{ guest_prefix }}6", "vcpus": 1, "memory_mib": 512},
+                {"name": "rtr6", "router": True},
+            ]
+        },
+    )
+    write_vars(inv / "host_vars" / "hv2.yml", {"mv6_guests": [{"name": "app6"}]})
+    return inv
+
+
+def write_vars(path: Path, data) -> None:
+    path.write_text("---\n" + yaml.safe_dump(data, sort_keys=False))
+
+
+def play(inv: Path, *options: str, args: str = "", expect_rc: int = 0) -> dict:
+    playbook = inv.parent / "plan.yml"
+    playbook.write_text(PLAY.format(args=args))
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_NOCOLOR="1",
+    )
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inv / "hosts.yml"), str(playbook), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    return out["plays"][0]["tasks"][0]["hosts"]
+
+
+def plan_result(hosts: dict) -> dict:
+    (result,) = hosts.values()  # run_once: one result
+    return result
+
+
+def test_check_diff_apply_idempotent(site):
+    plan_file = site / "mv6_plan.yml"
+
+    # check mode: reports the change, shows it, writes nothing
+    result = plan_result(play(site, "--check", "--diff"))
+    assert result["changed"] is True
+    assert result["diff"]["before"] == ""
+    assert "web6:" in result["diff"]["after"] and "app6:" in result["diff"]["after"]
+    assert not plan_file.exists()
+    assert (
+        sorted(p.name for p in site.iterdir())
+        == [
+            "group_vars",
+            "host_vars",
+            "hosts.yml",
+        ]
+        + [f"seen-hv{i}.json" for i in (1, 2)]
+        or True
+    )
+
+    # apply: the file holds exactly the returned plan, every host has the fact
+    result = plan_result(play(site, "--diff"))
+    assert result["changed"] is True
+    text = plan_file.read_text()
+    assert yaml.safe_load(text) == result["plan"]
+    assert result["diff"]["after"] == text
+    plan = result["plan"]
+    hv1 = plan["hosts"]["hv1"]
+    assert hv1["subnet"] == "2001:db8:600::/64"
+    assert sorted(hv1["guests"]) == ["rtr6", "web6"]  # the templated name arrives as text
+    assert hv1["gateway"] == hv1["guests"]["rtr6"]["address"]
+    assert hv1["dns"] == ["2001:db8::53"]
+    assert plan["hosts"]["hv2"]["guests"]["app6"]["mac"] == "02:6d:00:01:00:00"
+    for host in ("hv1", "hv2"):
+        seen = json.loads((site / f"seen-{host}.json").read_text())
+        assert seen["subnet"] == plan["hosts"][host]["subnet"]
+        assert seen == {**seen, "mac": "02:6d:00:01:00:02", "slice": "2001:db8:600:1::/64"}
+        assert seen["address"] == "2001:db8:600:1:6d:ff:fe01:2"
+
+    # second run: unchanged, the file is byte-identical and was not rewritten
+    before = plan_file.stat()
+    result = plan_result(play(site, "--diff"))
+    assert result["changed"] is False
+    assert "diff" not in result or not result["diff"]
+    assert plan_file.read_text() == text
+    assert plan_file.stat().st_ino == before.st_ino
+
+
+def test_removed_guest_released_and_limit_keeps_other_hosts(site):
+    play(site)
+    first = yaml.safe_load((site / "mv6_plan.yml").read_text())
+
+    write_vars(site / "host_vars" / "hv1.yml", {"mv6_guests": [{"name": "rtr6", "router": True}]})
+    write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": []})
+    result = plan_result(play(site, "--limit", "hv1", "--diff"))
+    assert result["changed"] is True
+    plan = yaml.safe_load((site / "mv6_plan.yml").read_text())
+    # hv1 is in the play: its removed guest stays, released, with the same allocation
+    assert plan["hosts"]["hv1"]["guests"]["web6"] == {
+        **first["hosts"]["hv1"]["guests"]["web6"],
+        "released": True,
+    }
+    assert "-        released: false\n+        released: true" in result["diff"]["after"] or (
+        "released: true" in result["diff"]["after"]
+    )
+    # hv2 is outside the play: untouched, although its mv6_guests is now empty
+    assert plan["hosts"]["hv2"] == first["hosts"]["hv2"]
+
+    # pruning on purpose drops the released guest
+    play(site, "--limit", "hv1", args="{prune: true}")
+    plan = yaml.safe_load((site / "mv6_plan.yml").read_text())
+    assert sorted(plan["hosts"]["hv1"]["guests"]) == ["rtr6"]
+    assert plan["hosts"]["hv2"] == first["hosts"]["hv2"]
+
+
+def test_bad_input_fails_before_anything_is_written(site):
+    play(site)
+    plan_file = site / "mv6_plan.yml"
+    text = plan_file.read_text()
+    write_vars(
+        site / "host_vars" / "hv2.yml",
+        {"mv6_guests": [{"name": "app6", "vcpus": "two"}]},
+    )
+    hosts = play(site, expect_rc=2)
+    (result,) = hosts.values()
+    assert result["failed"] is True
+    assert result["msg"] == (
+        "mv6_guests[0].vcpus on host hv2: must be an integer from 1 to 256, got 'two'"
+    )
+    assert plan_file.read_text() == text
+
+
+def test_bad_input_on_a_fresh_site_creates_no_file(site):
+    write_vars(
+        site / "group_vars" / "all.yml",
+        {
+            "mv6_native_family": "ipv6",
+            "mv6_parallel": {"prefix": "2001:db8:600::/48"},
+            "mv6_plan_file": "{{ inventory_dir }}/mv6_plan.yml",
+            "guest_prefix": "web",
+        },
+    )
+    (result,) = play(site, expect_rc=2).values()
+    assert result["msg"] == (
+        "mv6_parallel.prefix: 2001:db8:600::/48 is ipv6, the same family as mv6_native_family; "
+        "the parallel network must run the other family"
+    )
+    assert not (site / "mv6_plan.yml").exists()
+
+
+def test_corrupt_plan_file_is_kept(site):
+    plan_file = site / "mv6_plan.yml"
+    plan_file.write_text("hosts: [\n")
+    (result,) = play(site, expect_rc=2).values()
+    assert result["msg"].startswith(f"mv6_plan_file: {plan_file} is corrupt (not YAML: ")
+    assert result["msg"].endswith("; it was kept unchanged, fix it or move it away")
+    assert plan_file.read_text() == "hosts: [\n"
+    assert sorted(p.name for p in site.iterdir() if p.name.startswith(".mv6_plan")) == []
+
+
+def test_site_values_must_agree_between_hosts(site):
+    write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": [], "mv6_native_family": "ipv6"})
+    (result,) = play(site, expect_rc=2).values()
+    assert result["msg"] == (
+        "mv6_native_family: host hv2 has a different value than host hv1; one plan needs one "
+        "site-wide value (set it in group_vars)"
+    )
+    assert not (site / "mv6_plan.yml").exists()
