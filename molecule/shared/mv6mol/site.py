@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-# Interfaces of other pieces' tests that may come and go while a scenario runs on a shared
-# development machine (their prefixes are t-<piece>-...). Never ours (t-mol...).
-DEFAULT_IGNORE = r"^t-(?!mol)"
+# Links and nft tables of other pieces' tests that may come and go while a scenario runs on a
+# shared development machine (t-<piece>-..., t_<piece>_...). Never ours (t-mol...).
+DEFAULT_IGNORE = r"^t[-_](?!mol)"
 
 
 def run(*argv: str, check: bool = True, netns: str | None = None, timeout: float = 30) -> str:
@@ -274,7 +274,7 @@ def native_snapshot(site: dict, ignore: str | None = None, strict: bool = False)
     Left out: the parallel bridge, its ports and the uplink (their state is asserted on its
     own: no address, no route), the collection's own ``bridge mv6_isolation`` table,
     lifetimes and counters (they change by themselves), and objects of other pieces'
-    concurrently running tests (``MV6_MOL_IGNORE``, default ``^t-(?!mol)``).
+    concurrently running tests (``MV6_MOL_IGNORE``, default ``^t[-_](?!mol)``).
     ``strict`` also records the uplink and the per-interface sysctls of the site's own
     interfaces (for a host that must end exactly where it started).
     """
