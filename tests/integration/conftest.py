@@ -1,0 +1,157 @@
+"""Shared fixtures for the integration tests: network namespaces and veth pairs.
+
+Every test names what it creates with its own prefix (max 15 characters per interface name)
+and everything is removed in a finalizer, also when the test fails.
+
+- ``netns_lab`` (function scope) and ``make_netns_lab()`` (for wider scopes) give a
+  :class:`NetnsLab` with ``add_ns(name)``, ``add_veth(host_end, peer_end, ns=None, ...)``,
+  ``ns_exec(ns, *argv)`` and ``cleanup()``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    """Run a command with a time bound; output captured as text."""
+    return subprocess.run(
+        list(argv), check=check, timeout=timeout, capture_output=True, text=True, **kw
+    )
+
+
+class NetnsLab:
+    """Namespaces and veth pairs that are removed again by cleanup()."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[str] = []
+        self.links: list[str] = []
+
+    def add_ns(self, name: str) -> str:
+        sh("ip", "netns", "del", name, check=False)
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def add_veth(
+        self,
+        host_end: str,
+        peer_end: str,
+        ns: str | None = None,
+        peer_name_in_ns: str | None = None,
+        peer_mac: str | None = None,
+    ) -> str:
+        """A veth pair: *host_end* stays in the root namespace (down), the peer goes to *ns*."""
+        assert len(host_end) <= 15 and len(peer_end) <= 15
+        sh("ip", "link", "del", host_end, check=False)
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", peer_end)
+        self.links.append(host_end)
+        if ns is not None:
+            sh("ip", "link", "set", peer_end, "netns", ns)
+            name = peer_name_in_ns or peer_end
+            if name != peer_end:
+                sh("ip", "-n", ns, "link", "set", peer_end, "name", name)
+            if peer_mac:
+                sh("ip", "-n", ns, "link", "set", name, "address", peer_mac)
+        return host_end
+
+    def ns_exec(self, ns: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *argv, **kw)
+
+    def cleanup(self) -> None:
+        for link in reversed(self.links):
+            sh("ip", "link", "del", link, check=False)
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.links.clear()
+        self.namespaces.clear()
+
+
+def make_netns_lab() -> NetnsLab:
+    return NetnsLab()
+
+
+@pytest.fixture
+def netns_lab() -> Iterator[NetnsLab]:
+    lab = NetnsLab()
+    try:
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+# ------------------------------------------------------------------ running playbooks
+
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def run_playbook(
+    playbook: Path, extra_vars: dict, check: bool = False, timeout: float = 600
+) -> dict:
+    """Run *playbook* against localhost with the json callback; returns the parsed result
+    plus ``rc`` and ``stderr``. ``result["stats"]["localhost"]["changed"]`` counts changes."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+            "ANSIBLE_NOCOLOR": "1",
+        }
+    )
+    vars_file = playbook.with_suffix(".vars.json")
+    vars_file.write_text(json.dumps(extra_vars))
+    argv = [
+        str(VENV_BIN / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={VENV_BIN / 'python'}",
+        "-e",
+        f"@{vars_file}",
+        str(playbook),
+    ]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
+    )
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        result = {"raw": proc.stdout}
+    result["rc"] = proc.returncode
+    result["stderr"] = proc.stderr
+    return result
+
+
+def task_results(result: dict, name: str) -> list[dict]:
+    """The per-host results of every task called *name* in a json-callback result."""
+    found = []
+    for play in result.get("plays", []):
+        for task in play.get("tasks", []):
+            if task["task"]["name"] == name:
+                found.extend(task["hosts"].values())
+    return found
+
+
+def changed_tasks(result: dict) -> list[str]:
+    names = []
+    for play in result.get("plays", []):
+        for task in play.get("tasks", []):
+            for host_result in task["hosts"].values():
+                if host_result.get("changed"):
+                    names.append(task["task"]["name"])
+    return names

@@ -1,0 +1,386 @@
+"""roles/hypervisor on this machine, on a TEST bridge (never mv6br0).
+
+Topology (all created here, removed in finalizers):
+
+    ns t-hv-up  [u0] ---- t-hvu0 (uplink) --+
+    ns t-hv-g0  [eth0] -- t-hvp0 (guest 0) -+-- bridge t-hvbr0 (no host address)
+    ns t-hv-g1  [eth0] -- t-hvp1 (guest 1, the parallel router) --+
+
+The namespaces act as guests and as the site beyond the uplink. Frames are injected with
+scapy from t-hv-g0 and captured with tcpdump in the other namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NetnsLab, changed_tasks, run_playbook, sh, task_results
+
+pytestmark = pytest.mark.timeout(900)
+
+BRIDGE = "t-hvbr0"
+UPLINK = "t-hvu0"
+TABLE = "t_hv_isolation"
+PORTS = ("t-hvp0", "t-hvp1")
+NS_UP, NS_G0, NS_G1 = "t-hv-up", "t-hv-g0", "t-hv-g1"
+MAC = {"g0": "02:6d:76:00:00:01", "g1": "02:6d:76:00:00:02", "up": "02:6d:76:00:00:0f"}
+ADDR = {"g0": "2001:db8:6:1::10", "g1": "2001:db8:6:1::11", "up": "2001:db8:6:1::1"}
+LL = {"g0": "fe80::6d:76ff:fe00:1", "g1": "fe80::6d:76ff:fe00:2"}
+SCAPY_PYTHON = "/usr/bin/python3"
+
+PLAYBOOK = """\
+- name: Hypervisor role under test
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: mv6.transition.hypervisor
+  post_tasks:
+    - name: Report the accelerator
+      ansible.builtin.debug:
+        var: mv6_hypervisor_accel_effective
+"""
+
+INJECT = r"""
+import sys
+from scapy.all import ARP, IPv6, UDP, Dot1Q, Dot1AD, Ether, ICMPv6ND_RA, ICMPv6EchoRequest, IP, Raw, sendp
+kind, count, src_mac, src6, dst_mac = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+eth = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff")
+frames = {
+    "ipv4": eth / IP(src="198.51.100.10", dst="198.51.100.255") / UDP(sport=9, dport=9) / Raw(b"t-hv"),
+    "arp": eth / ARP(op=1, hwsrc=src_mac, psrc="198.51.100.10", pdst=sys.argv[6] if len(sys.argv) > 6 else "192.0.2.2"),
+    "vlan": eth / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / UDP(sport=9, dport=9),
+    "qinq": eth / Dot1AD(vlan=7) / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / UDP(sport=9, dport=9),
+    "unknown": Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff", type=0x88B5) / Raw(b"t-hv unknown ethertype"),
+    "ra": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1", hlim=255) / ICMPv6ND_RA(),
+    "spoof_mac": Ether(src="02:6d:76:00:00:99", dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
+    "spoof_ip": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src="2001:db8:6:1::99", dst="ff02::1") / ICMPv6EchoRequest(),
+    "echo": Ether(src=src_mac, dst=dst_mac) / IPv6(src=src6, dst=sys.argv[-1]) / ICMPv6EchoRequest(),
+    "good": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
+}
+if kind == "echo":
+    from scapy.all import srp
+    answered, _ = srp(frames[kind], iface="eth0", timeout=2, retry=2, verbose=False)
+    sys.exit(0 if len(answered) else 1)
+sendp(frames[kind], iface="eth0", count=count, verbose=False)
+"""
+
+
+def ns_exec(ns: str, *argv: str, check: bool = True, timeout: float = 30):
+    return sh("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+
+
+def native_snapshot() -> dict:
+    """The host's native addresses, routes and nft ruleset, minus what this test owns
+    and minus interfaces/tables of other concurrently running tests (names t-*/t_*)."""
+
+    # Other pieces build their own bridges, taps, veths and tables on this machine at the
+    # same time (lab, molecule, other tests): their names are left out, everything else is
+    # the native host.
+    def ours(name: str) -> bool:
+        return name.startswith(("t-", "t_", "vnet", "mv6", "mol", "veth", "virbr"))
+
+    addrs = json.loads(sh("ip", "-j", "addr").stdout)
+    routes4 = json.loads(sh("ip", "-j", "route", "show", "table", "all").stdout)
+    routes6 = json.loads(sh("ip", "-6", "-j", "route", "show", "table", "all").stdout)
+    ruleset = json.loads(sh("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    volatile = {"valid_life_time", "preferred_life_time", "ifindex", "handle", "packets", "bytes"}
+
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if k not in volatile}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return obj
+
+    tables: dict[str, list] = {}
+    for item in ruleset:
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo":
+            continue
+        key = f"{body.get('family')} {body.get('table', body.get('name'))}"
+        if ours(key.split()[1]) or key == f"bridge {TABLE}":
+            continue
+        tables.setdefault(key, []).append(clean(item))
+    return {
+        "addr": {a["ifname"]: clean(a) for a in addrs if not ours(a["ifname"])},
+        "route4": [clean(r) for r in routes4 if not ours(str(r.get("dev", "")))],
+        "route6": [clean(r) for r in routes6 if not ours(str(r.get("dev", "")))],
+        "nft": tables,
+    }
+
+
+def counters() -> dict[str, int]:
+    data = json.loads(sh("nft", "-j", "list", "counters", "table", "bridge", TABLE).stdout)
+    return {
+        i["counter"]["name"]: i["counter"]["packets"] for i in data["nftables"] if "counter" in i
+    }
+
+
+class Capture:
+    """tcpdump in a namespace, writing a pcap; count() reads it back with a filter."""
+
+    def __init__(self, ns: str, iface: str, path: Path):
+        self.path = path
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-p", "-U", "-n", "-w", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def count(self, bpf: str) -> int:
+        out = sh("tcpdump", "-r", str(self.path), "-n", bpf, check=False).stdout
+        return len([line for line in out.splitlines() if line.strip()])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Namespaces, veths, the plan; converges the role and tears it down at the end."""
+    workdir = tmp_path_factory.mktemp("t-hv")
+    lab = NetnsLab()
+    playbook = workdir / "hypervisor.yml"
+    playbook.write_text(PLAYBOOK)
+    before = native_snapshot()
+    plan = {
+        "version": 1,
+        "native_family": "ipv4",
+        "parallel_family": "ipv6",
+        "prefix": "2001:db8:6::/48",
+        "hosts": {
+            "localhost": {
+                "slot": 0,
+                "released": False,
+                "subnet": "2001:db8:6:1::/64",
+                "gateway": None,
+                "dns": [],
+                "guests": {
+                    "t-hv-g0": {
+                        "slot": 0,
+                        "released": False,
+                        "mac": MAC["g0"],
+                        "address": ADDR["g0"],
+                        "prefixlen": 64,
+                        "link_local": LL["g0"],
+                        "port": PORTS[0],
+                        "router": False,
+                    },
+                    "t-hv-g1": {
+                        "slot": 1,
+                        "released": False,
+                        "mac": MAC["g1"],
+                        "address": ADDR["g1"],
+                        "prefixlen": 64,
+                        "link_local": LL["g1"],
+                        "port": PORTS[1],
+                        "router": True,
+                    },
+                },
+            }
+        },
+    }
+    extra = {
+        "mv6_native_family": "ipv4",
+        "mv6_parallel": {"bridge": BRIDGE, "uplink": UPLINK},
+        "mv6_plan": plan,
+        "mv6_hypervisor_nft_table": TABLE,
+        "mv6_hypervisor_nft_file": str(workdir / "etc-nftables.d" / f"{TABLE}.nft"),
+        "mv6_hypervisor_accel": "auto",
+        "mv6_hypervisor_accel_probe_timeout": 4,
+        "mv6_hypervisor_accel_cache": str(workdir / "accel.json"),
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        # The table sees every bridge of the host: never let the test table claim the lab's
+        # mv6p* taps.
+        "mv6_hypervisor_port_pattern": "t-hvp*",
+    }
+    state = {"workdir": workdir, "playbook": playbook, "extra": extra, "before": before}
+    try:
+        for ns, key in ((NS_UP, "up"), (NS_G0, "g0"), (NS_G1, "g1")):
+            lab.add_ns(ns)
+        lab.add_veth(UPLINK, "t-hvu0x", NS_UP, "u0", MAC["up"])
+        lab.add_veth(PORTS[0], "t-hvp0x", NS_G0, "eth0", MAC["g0"])
+        lab.add_veth(PORTS[1], "t-hvp1x", NS_G1, "eth0", MAC["g1"])
+        for ns, key, ifc in ((NS_UP, "up", "u0"), (NS_G0, "g0", "eth0"), (NS_G1, "g1", "eth0")):
+            ns_exec(ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{ifc}.accept_ra=0")
+            sh("ip", "-n", ns, "addr", "add", f"{ADDR[key]}/64", "dev", ifc, "nodad")
+            sh("ip", "-n", ns, "link", "set", ifc, "up")
+
+        state["run1"] = run_playbook(playbook, extra)
+        # libvirt attaches taps to the bridge; here the test does it for its veth "taps".
+        for port in PORTS:
+            sh("ip", "link", "set", port, "master", BRIDGE)
+            sh("ip", "link", "set", port, "up")
+        state["run2"] = run_playbook(playbook, extra)
+        state["check"] = run_playbook(playbook, extra, check=True)
+        state["after_check"] = native_snapshot()
+        yield state
+    finally:
+        teardown = run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+        lab.cleanup()
+        sh("ip", "link", "del", BRIDGE, check=False)
+        sh("nft", "delete", "table", "bridge", TABLE, check=False)
+        Path(f"/etc/sysctl.d/60-mv6-{BRIDGE}.conf").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/uplink-{UPLINK}.sysctl").unlink(missing_ok=True)
+        state["teardown"] = teardown
+        after = native_snapshot()
+        assert teardown["rc"] == 0, teardown.get("stderr") or teardown
+        assert after == before, "native addresses/routes/ruleset differ after teardown"
+
+
+def test_converges(site):
+    run1 = site["run1"]
+    assert run1["rc"] == 0, json.dumps(run1)[-4000:]
+    assert run1["stats"]["localhost"]["changed"] > 0
+    accel = task_results(run1, "Report the accelerator")[0]["mv6_hypervisor_accel_effective"]
+    assert accel in ("kvm", "qemu")
+
+
+def test_second_run_changes_nothing(site):
+    run2 = site["run2"]
+    assert run2["rc"] == 0, json.dumps(run2)[-4000:]
+    assert changed_tasks(run2) == []
+
+
+def test_check_mode_on_converged_host(site):
+    check = site["check"]
+    assert check["rc"] == 0, json.dumps(check)[-4000:]
+    assert changed_tasks(check) == []
+    assert site["after_check"] == site["before"]
+
+
+def test_host_has_no_parallel_address(site):
+    for name in (BRIDGE, UPLINK, *PORTS):
+        link = json.loads(sh("ip", "-j", "addr", "show", "dev", name).stdout)[0]
+        assert link["addr_info"] == [], f"{name}: {link['addr_info']}"
+        assert sh("sysctl", "-n", f"net.ipv6.conf.{name}.disable_ipv6").stdout.strip() == "1"
+        assert sh("sysctl", "-n", f"net.ipv4.conf.{name}.arp_ignore").stdout.strip() == "8"
+
+
+def test_native_state_unchanged_by_role(site):
+    assert native_snapshot() == site["before"]
+
+
+def test_parallel_family_flows_between_guests(site):
+    """An ICMPv6 echo (scapy; this machine has no ping) is answered across the bridge."""
+    script = Path("/tmp/t-hv-inject.py")
+    script.write_text(INJECT)
+    for ns, src, dst in ((NS_G0, "g0", "g1"), (NS_G1, "g1", "up")):
+        ns_exec(
+            ns, SCAPY_PYTHON, str(script), "echo", "1", MAC[src], ADDR[src], MAC[dst], ADDR[dst]
+        )
+
+
+def inject(kind: str, count: int, src_mac: str = MAC["g0"], src6: str = ADDR["g0"]):
+    script = Path("/tmp/t-hv-inject.py")
+    script.write_text(INJECT)
+    ns_exec(NS_G0, SCAPY_PYTHON, str(script), kind, str(count), src_mac, src6, "ff:ff:ff:ff:ff:ff")
+
+
+@pytest.mark.parametrize(
+    ("kind", "counter", "bpf"),
+    [
+        ("ipv4", "drop_ethertype", "ip"),
+        ("arp", "drop_ethertype", "arp"),
+        ("vlan", "drop_vlan", "vlan"),
+        ("qinq", "drop_qinq", "ether proto 0x88a8"),
+        ("unknown", "drop_ethertype", "ether proto 0x88b5"),
+        ("ra", "drop_ra_guard", "icmp6 and ip6[40] == 134"),
+        ("spoof_mac", "drop_spoof_mac", "ether src 02:6d:76:00:00:99"),
+        ("spoof_ip", "drop_spoof_ip", "ip6 src 2001:db8:6:1::99"),
+    ],
+)
+def test_forbidden_frames_reach_nobody(site, tmp_path, kind, counter, bpf):
+    sent = 5
+    caps = [
+        Capture(NS_G1, "eth0", tmp_path / "g1.pcap"),
+        Capture(NS_UP, "u0", tmp_path / "up.pcap"),
+    ]
+    try:
+        time.sleep(1.0)
+        before = counters()
+        inject(kind, sent)
+        time.sleep(1.0)
+        after = counters()
+    finally:
+        for cap in caps:
+            cap.stop()
+    for cap in caps:
+        assert cap.count(bpf) == 0, f"{kind} frames reached {cap.path.name}"
+    # Broadcasts pass the forward hook once per egress port, hence "at least".
+    assert after[counter] - before[counter] >= sent, (before, after)
+
+
+def test_allowed_frames_do_arrive(site, tmp_path):
+    """The capture above can see frames: a legitimate multicast echo from g0 arrives."""
+    cap = Capture(NS_G1, "eth0", tmp_path / "g1.pcap")
+    try:
+        time.sleep(1.0)
+        inject("good", 3)
+        time.sleep(1.0)
+    finally:
+        cap.stop()
+    assert cap.count(f"ether src {MAC['g0']} and icmp6 and ip6[40] == 128") == 3
+
+
+def test_router_guest_may_send_ra(site, tmp_path):
+    cap = Capture(NS_G0, "eth0", tmp_path / "g0.pcap")
+    script = Path("/tmp/t-hv-inject.py")
+    script.write_text(INJECT)
+    try:
+        time.sleep(1.0)
+        ns_exec(NS_G1, SCAPY_PYTHON, str(script), "ra", "2", MAC["g1"], LL["g1"], "x")
+        time.sleep(1.0)
+    finally:
+        cap.stop()
+    assert cap.count("icmp6 and ip6[40] == 134") == 2
+
+
+def test_host_answers_no_arp_or_nd(site, tmp_path):
+    cap = Capture(NS_G0, "eth0", tmp_path / "g0.pcap")
+    try:
+        time.sleep(1.0)
+        # ARP for the host's native IPv4 addresses, ND for its native IPv6 addresses.
+        native4 = [
+            a["local"]
+            for link in json.loads(sh("ip", "-j", "-4", "addr").stdout)
+            for a in link["addr_info"]
+            if link["ifname"] != "lo"
+        ]
+        for addr in native4[:3]:
+            ns_exec(NS_G0, "arping", "-c", "2", "-w", "3", "-I", "eth0", addr, check=False)
+        native6 = [
+            a["local"]
+            for link in json.loads(sh("ip", "-j", "-6", "addr").stdout)
+            for a in link["addr_info"]
+            if link["ifname"] != "lo" and not link["ifname"].startswith("t-")
+        ]
+        for addr in native6[:3]:
+            ns_exec(NS_G0, "ndisc6", "-r", "2", "-w", "500", addr, "eth0", check=False)
+        time.sleep(0.5)
+    finally:
+        cap.stop()
+    guests = f"(ether src {MAC['g1']} or ether src {MAC['up']})"
+    assert cap.count(f"arp[6:2] == 2 and not {guests}") == 0, "the host answered ARP"
+    assert cap.count(f"icmp6 and ip6[40] == 136 and not {guests}") == 0, "the host answered ND"
+    # And the host itself sent nothing at all onto the segment.
+    host_macs = {
+        link["address"]
+        for link in json.loads(sh("ip", "-j", "link").stdout)
+        if link.get("address") and not link["ifname"].startswith(("t-hvp", "t-hvu"))
+    }
+    for mac in host_macs:
+        if mac != "00:00:00:00:00:00":
+            assert cap.count(f"ether src {mac}") == 0, f"host MAC {mac} spoke on the segment"
