@@ -1,0 +1,299 @@
+"""Table-driven tests of plugins/module_utils/_isolation.py on captured JSON and text."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+# The collection is importable as ansible_collections.mv6.transition through .collections/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
+
+from ansible_collections.mv6.transition.plugins.module_utils import _isolation as iso
+
+ADDR_JSON = [
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+    {
+        "ifname": "mv6br0",
+        "addr_info": [{"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}],
+    },
+    {"ifname": "mv6p0", "addr_info": []},
+    {
+        "ifname": "eth0",
+        "addr_info": [{"family": "inet", "local": "192.0.2.2", "prefixlen": 24}],
+    },
+]
+
+
+def test_host_addresses_named():
+    found = iso.check_no_addresses(ADDR_JSON, ["mv6br0", "mv6p0"])
+    assert found == [
+        {
+            "check": "host_address",
+            "object": "mv6br0",
+            "reason": "mv6br0 carries ipv6 address fe80::1/64 but the host must take no L3 part"
+            " in the parallel network",
+        }
+    ]
+
+
+def test_native_interfaces_are_not_checked():
+    assert iso.check_no_addresses(ADDR_JSON, ["mv6p0"]) == []
+
+
+LINKS = [
+    {"ifname": "mv6br0", "linkinfo": {"info_kind": "bridge"}},
+    {"ifname": "eth1", "master": "mv6br0"},
+    {"ifname": "mv6p0", "master": "mv6br0"},
+    {"ifname": "eth2"},
+]
+
+
+@pytest.mark.parametrize(
+    ("bridge", "uplink", "reasons"),
+    [
+        ("mv6br0", "eth1", []),
+        ("mv6br0", None, []),
+        ("nobr", None, ["bridge nobr does not exist"]),
+        ("eth2", None, ["eth2 exists but is not a bridge"]),
+        ("mv6br0", "eth2", ["uplink eth2 is not a port of mv6br0 (master: None)"]),
+        ("mv6br0", "eth9", ["uplink eth9 does not exist"]),
+    ],
+)
+def test_links_present(bridge, uplink, reasons):
+    assert [v["reason"] for v in iso.check_links_present(LINKS, bridge, uplink)] == reasons
+
+
+def test_bridge_ports():
+    assert iso.bridge_ports(LINKS, "mv6br0") == ["eth1", "mv6p0"]
+
+
+def test_sysctls():
+    reads = {
+        "mv6br0": {t: v for t, v in iso.HOST_SYSCTLS.items()},
+        "eth0.106": {
+            **iso.HOST_SYSCTLS,
+            "net/ipv6/conf/{ifname}/disable_ipv6": "0\n",
+            "net/ipv4/conf/{ifname}/arp_ignore": None,
+        },
+    }
+    assert iso.check_sysctls(reads) == [
+        {
+            "check": "host_sysctl",
+            "object": "net.ipv4.conf.eth0/106.arp_ignore",
+            "reason": "net.ipv4.conf.eth0/106.arp_ignore cannot be read",
+        },
+        {
+            "check": "host_sysctl",
+            "object": "net.ipv6.conf.eth0/106.disable_ipv6",
+            "reason": "net.ipv6.conf.eth0/106.disable_ipv6 is 0, expected 1",
+        },
+    ]
+
+
+def _table(chains=iso.HOST_CHAINS, counters=iso.HOST_COUNTERS, ports=("mv6p0",)):
+    hooks = {"parallel_input": "input", "parallel_output": "output", "parallel_forward": "forward"}
+    items = [{"metainfo": {"version": "1.0.6"}}]
+    items += [{"counter": {"name": c, "packets": 3, "bytes": 180}} for c in counters]
+    items += [{"chain": {"name": c, **({"hook": hooks[c]} if c in hooks else {})}} for c in chains]
+    items.append({"set": {"name": "parallel_ports", "type": "ifname", "elem": list(ports)}})
+    return {"nftables": items}
+
+
+def test_nft_table_complete():
+    found, counters = iso.check_nft_table(_table(), "mv6_isolation", ["mv6p0"])
+    assert found == []
+    assert counters["drop_vlan"] == {"packets": 3, "bytes": 180}
+
+
+def test_nft_table_missing():
+    found, counters = iso.check_nft_table(None, "mv6_isolation", [])
+    assert counters == {}
+    assert found == [
+        {
+            "check": "nft_table",
+            "object": "bridge mv6_isolation",
+            "reason": "nftables table bridge mv6_isolation is missing",
+        }
+    ]
+
+
+def test_nft_table_gaps():
+    table = _table(
+        chains=("parallel_input", "from_parallel_port"),
+        counters=[c for c in iso.HOST_COUNTERS if c != "drop_qinq"],
+    )
+    found, _ = iso.check_nft_table(table, "t", ["mv6p0", "mv6p7"])
+    assert [v["reason"] for v in found] == [
+        "chain parallel_output is missing",
+        "chain parallel_forward is missing",
+        "no base chain on the output hook",
+        "no base chain on the forward hook",
+        "counter drop_qinq is missing",
+        "port mv6p7 is on the parallel bridge but not in set parallel_ports of table bridge t:"
+        " its frames are not filtered",
+    ]
+
+
+DOMAIN_XML = """<domain type='qemu'><name>web6</name><devices>
+<interface type='bridge'><mac address='02:00:00:00:00:01'/><source bridge='mv6br0'/>
+<target dev='mv6p0'/></interface>
+<interface type='network'><mac address='52:54:00:00:00:02'/><source network='default'/>
+</interface></devices></domain>"""
+
+
+def test_domain_nics():
+    nics = iso.domain_interfaces(DOMAIN_XML)
+    assert nics[0] == {
+        "type": "bridge",
+        "source": "mv6br0",
+        "target": "mv6p0",
+        "mac": "02:00:00:00:00:01",
+    }
+    found = iso.check_domain_interfaces({"web6": nics}, "mv6br0")
+    assert found == [
+        {
+            "check": "guest_nic",
+            "object": "web6 52:54:00:00:00:02",
+            "reason": "domain web6 has a network NIC on default: guests attach only to the"
+            " parallel bridge mv6br0",
+        }
+    ]
+
+
+def test_qemu_as_root():
+    procs = [
+        {"pid": 10, "comm": "qemu-system-x86", "uid": 0},
+        {"pid": 11, "comm": "qemu-system-x86", "uid": 64055},
+        {"pid": 12, "comm": "bash", "uid": 0},
+    ]
+    assert [v["object"] for v in iso.check_qemu_processes(procs)] == ["pid 10"]
+
+
+@pytest.mark.parametrize("family", ["ipv5", "", "IPv6"])
+def test_family_checked(family):
+    msg = f"parallel_family must be one of ipv4, ipv6, got {family!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        iso.other_family(family)
+
+
+GUEST_ADDR = [
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+    {
+        "ifname": "eth0",
+        "addr_info": [
+            {"family": "inet6", "local": "2001:db8::10", "prefixlen": 64},
+            {"family": "inet", "local": "198.51.100.7", "prefixlen": 24},
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("family", "objects"),
+    [("ipv6", ["eth0 198.51.100.7"]), ("ipv4", ["eth0 2001:db8::10"])],
+)
+def test_guest_addresses(family, objects):
+    assert [v["object"] for v in iso.check_guest_addresses(GUEST_ADDR, family)] == objects
+
+
+def test_guest_routes_ignore_loopback():
+    routes = [
+        {"type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
+        {"dst": "198.51.100.0/24", "dev": "eth0"},
+    ]
+    assert [v["object"] for v in iso.check_guest_routes(routes, "ipv6")] == [
+        "198.51.100.0/24 dev eth0"
+    ]
+
+
+SS = """tcp   LISTEN 0      128          0.0.0.0:22        0.0.0.0:*
+tcp   LISTEN 0      4096   127.0.0.53%lo:53        0.0.0.0:*
+tcp   LISTEN 0      128             [::]:22           [::]:*
+tcp   LISTEN 0      128                *:80              *:*
+udp   UNCONN 0      0      [fe80::1]%eth0:546         [::]:*
+"""
+
+
+@pytest.mark.parametrize(
+    ("family", "objects"),
+    [
+        ("ipv6", ["tcp 0.0.0.0:22"]),
+        ("ipv4", ["tcp [::]:22", "udp [fe80::1]%eth0:546"]),
+    ],
+)
+def test_listeners(family, objects):
+    found = iso.check_listeners(iso.parse_ss(SS), family)
+    assert [v["object"] for v in found] == objects
+
+
+@pytest.mark.parametrize(
+    ("comm", "argv", "families"),
+    [
+        ("dhclient", ["dhclient", "eth0"], {"ipv4"}),
+        ("dhclient", ["dhclient", "-6", "eth0"], {"ipv6"}),
+        ("dhcpcd", ["dhcpcd"], {"ipv4", "ipv6"}),
+        ("dhcpcd", ["dhcpcd", "-4"], {"ipv4"}),
+        ("dhcpcd", ["dhcpcd", "--ipv6only"], {"ipv6"}),
+        ("udhcpc", ["udhcpc"], {"ipv4"}),
+        ("sshd", ["sshd"], set()),
+    ],
+)
+def test_dhcp_client_families(comm, argv, families):
+    assert iso.dhcp_client_families(comm, argv) == families
+
+
+@pytest.mark.parametrize(
+    ("text", "families"),
+    [
+        ("[Network]\nDHCP=yes\n", {"ipv4", "ipv6"}),
+        ("[Network]\nDHCP=ipv6\n", {"ipv6"}),
+        ("[Network]\n# DHCP=ipv4\nAddress=2001:db8::1/64\n", set()),
+        ("[DHCPv4]\nDHCP=ipv4\n", set()),
+    ],
+)
+def test_networkd_dhcp(text, families):
+    assert iso.networkd_dhcp(text) == families
+
+
+def test_ipv6_disabled_for_v4_guests():
+    assert iso.check_ipv6_disabled("1\n", "ipv4") == []
+    assert iso.check_ipv6_disabled(None, "ipv4") == []
+    assert iso.check_ipv6_disabled("0", "ipv6") == []
+    assert [v["reason"] for v in iso.check_ipv6_disabled("0\n", "ipv4")] == [
+        "net.ipv6.conf.all.disable_ipv6 is 0 in an ipv4-only guest, expected 1"
+    ]
+
+
+GUEST_NFT = {
+    "nftables": [
+        {"table": {"family": "inet", "name": "mv6_guest"}},
+        {
+            "rule": {
+                "chain": "input",
+                "expr": [
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"meta": {"key": "nfproto"}},
+                            "right": "ipv4",
+                        }
+                    },
+                    {"drop": None},
+                ],
+            }
+        },
+    ]
+}
+
+
+def test_guest_nft():
+    assert iso.check_guest_nft(GUEST_NFT, "ipv6") == []
+    assert [v["reason"] for v in iso.check_guest_nft(GUEST_NFT, "ipv4")] == [
+        "table inet mv6_guest has no rule dropping meta nfproto ipv6"
+    ]
+    assert [v["reason"] for v in iso.check_guest_nft(None, "ipv6")] == [
+        "nftables table inet mv6_guest is missing"
+    ]
