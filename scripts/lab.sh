@@ -8,9 +8,10 @@
 #   scripts/lab.sh site-up|site-down [lab|lab_v4]   only the simulated site, without MV6
 #
 # The inventory is inventories/<name> (default: lab, scenario 1; lab_v4 is scenario 2; or
-# MV6_LAB_INVENTORY). MV6_LAB_IGNORE_INTERFACES (space-separated patterns) names host
-# interfaces that other work on this machine creates or removes during the run, so that the
-# native-state checks do not blame MV6 for them.
+# MV6_LAB_INVENTORY). MV6_LAB_IGNORE_INTERFACES (space-separated patterns) and MV6_LAB_IGNORE_TABLES
+# (comma-separated "FAMILY NAME" patterns) name host interfaces and nftables tables that other
+# work on this machine creates or changes during the run, so that the native-state checks do
+# not blame MV6 for them.
 #
 # The lab owns: namespaces mv6lab-native and mv6lab-par, veths mv6lab-nat0/1 (the native
 # link) and mv6lab-up0/1 (the parallel uplink), the services and the prober in
@@ -65,21 +66,29 @@ ansible_env() {
   export PATH="$top/.venv/bin:$PATH" ANSIBLE_CONFIG="$top/ansible.cfg"
 }
 
-# Extra vars for every playbook run: the interfaces to ignore, as a JSON list.
+# Extra vars for every playbook run: the interfaces and nft tables to ignore.
 extra_vars() {
-  "$venv_python" -c 'import json,sys; print(json.dumps({"mv6_native_state_ignore_interfaces": sys.argv[1].split()}))' \
-    "${MV6_LAB_IGNORE_INTERFACES:-}"
+  "$venv_python" - "${MV6_LAB_IGNORE_INTERFACES:-}" "${MV6_LAB_IGNORE_TABLES:-}" <<'EOF'
+import json, sys
+print(json.dumps({
+    "mv6_native_state_ignore_interfaces": sys.argv[1].split(),
+    "mv6_native_state_ignore_tables": [t.strip() for t in sys.argv[2].split(",") if t.strip()],
+}))
+EOF
 }
 
 # --- native state of the whole host, before `up` and after `down` ------------------------
 native_state() { # op label
   local args
   args=$(mktemp)
-  "$venv_python" - "$1" "$2" "$state" "${MV6_LAB_IGNORE_INTERFACES:-}" >"$args" <<'EOF'
+  "$venv_python" - "$1" "$2" "$state" "${MV6_LAB_IGNORE_INTERFACES:-}" \
+    "${MV6_LAB_IGNORE_TABLES:-}" >"$args" <<'EOF'
 import json, sys
-op, label, state_dir, ignore = sys.argv[1:5]
+op, label, state_dir, ignore, tables = sys.argv[1:6]
 params = {"op": op, "state_dir": state_dir,
-          "exclude_interfaces": ["mv6br0", "mv6p*", *ignore.split()]}
+          "exclude_interfaces": ["mv6br0", "mv6p*", *ignore.split()],
+          "exclude_tables": ["bridge mv6_isolation",
+                             *[t.strip() for t in tables.split(",") if t.strip()]]}
 params["label" if op == "record" else "against"] = label
 print(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
 EOF

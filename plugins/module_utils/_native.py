@@ -121,7 +121,7 @@ def rules(family: str, ip_rule: list) -> dict:
 
 
 def _excluded_table(family: str, table: str, exclude_tables) -> bool:
-    return f"{family} {table}" in exclude_tables
+    return _matches(f"{family} {table}", exclude_tables)
 
 
 def ruleset(nft: dict, exclude_tables=()) -> dict:
@@ -140,7 +140,7 @@ def ruleset(nft: dict, exclude_tables=()) -> dict:
         table = body.get("name") if kind == "table" else body.get("table", "")
         if _excluded_table(family, table, exclude_tables):
             continue
-        body = _clean(body)
+        body = _clean(body, kind)
         if kind == "table":
             result[f"{family} {table} table"] = body
         elif kind == "rule":
@@ -253,7 +253,7 @@ def filter_state(state: dict, exclude_interfaces=(), exclude_tables=()) -> dict:
         for key, value in entries.items():
             if _matches_any_interface(section, key, value, exclude_interfaces):
                 continue
-            if section == "ruleset" and " ".join(key.split(" ")[:2]) in exclude_tables:
+            if section == "ruleset" and _matches(" ".join(key.split(" ")[:2]), exclude_tables):
                 continue
             kept[key] = value
         sections[section] = kept

@@ -83,7 +83,8 @@ options:
     default: [mv6br0, "mv6p*"]
   exclude_tables:
     description:
-      - nftables tables (C(FAMILY NAME)) that are not part of the native state.
+      - nftables tables (C(FAMILY NAME), shell-style patterns allowed, for example
+        C(bridge t_*)) that are not part of the native state.
       - When comparing, the tables stored in the record are left out too.
     type: list
     elements: str

@@ -343,3 +343,25 @@ def test_sysctls_of_an_interface_that_came_are_one_line():
         "sysctls: added net.ipv4.conf.nat0.rp_filter",
         "sysctls: added 5 per-interface keys of lab1",
     ]
+
+
+def test_named_counter_totals_are_dropped():
+    nft = copy.deepcopy(NFT)
+    named = {"family": "inet", "table": "site", "name": "seen", "handle": 7}
+    nft["nftables"].append({"counter": dict(named, packets=5, bytes=300)})
+    busy = copy.deepcopy(nft)
+    busy["nftables"][-1]["counter"].update(packets=500, bytes=30000)
+    assert _state(nft=nft)["sections"]["ruleset"]["inet site counter seen"] == {
+        "family": "inet",
+        "name": "seen",
+        "table": "site",
+    }
+    assert _native.diff_states(_state(nft=nft), _state(nft=busy)) == []
+
+
+def test_table_patterns_exclude_tables():
+    nft = copy.deepcopy(NFT)
+    nft["nftables"].append({"table": {"family": "bridge", "name": "t_other", "handle": 9}})
+    state = _native.build_state(IP_ADDR, ROUTES, RULES, nft, SYSCTLS, [], ["bridge *"])
+    assert not any(key.startswith("bridge ") for key in state["sections"]["ruleset"])
+    assert "inet site table" in state["sections"]["ruleset"]
