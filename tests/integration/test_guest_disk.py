@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,30 @@ def test_absent_removes_only_its_own_files(lab):
     res = lab.disk("t-img-q", op="absent")
     assert res["failed"] and "refusing to remove anything" in res["msg"]
     assert {p: sha256(p) for p in (lab.guests / "t-img-y").iterdir()} == sibling
+
+
+def test_layers_in_use_are_not_touched(lab):
+    lab.ok("t-img-u", golden=lab.golden, persistence="non_persistent")
+    session = lab.layer("t-img-u", "session")
+    write(session, 0x42, "2M")
+    # qemu-io holding the session open for writing stands in for a running guest's QEMU.
+    holder = subprocess.Popen(
+        ["qemu-io", "-f", "qcow2", str(session)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while sh("qemu-img", "info", session, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "qemu-io did not take the image lock"
+            time.sleep(0.2)
+        for op in ("discard", "commit"):
+            res = lab.disk("t-img-u", op=op)
+            assert res["failed"], op
+            assert "cannot be opened for a consistent read (is the guest running?)" in res["msg"]
+        assert reads(session, 0x42, "2M")
+    finally:
+        holder.communicate(b"quit\n", timeout=10)
+    assert lab.ok("t-img-u", op="discard")["changed"] is True
+    lab.ok("t-img-u", op="absent")
