@@ -99,7 +99,7 @@ def main() -> int:
                     ),
                 )
                 shutil.rmtree(guests)
-        for _ in range(COPY_REPEATS):
+        for _repeat in range(COPY_REPEATS):
             for label, golden in goldens.items():
                 copy = work / "copy.qcow2"
                 measure(

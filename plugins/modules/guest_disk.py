@@ -22,7 +22,7 @@ description:
   - The guest's layers live in O(guests_dir)/O(name)/; the module never removes or writes a file
     outside that directory, except the backup file named by O(backup) and its sidecar.
 author:
-  - mv6.transition developers
+  - mv6.transition developers (@mv6-transition)
 options:
   name:
     description:
@@ -103,12 +103,18 @@ options:
     default: qemu-img
 attributes:
   check_mode:
+    description:
+      - Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Every operation reports what it would do and changes nothing.
+    details: Every operation reports the actions it would take and changes nothing.
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode).
     support: full
-    details: The diff shows each layer's backing file and whether it holds data, before and after.
+    details: The diff shows each layer's backing file, backing format and whether it holds data.
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: posix
 notes:
   - Commit, discard, backup and restore need the layers not to be open for writing by a running
