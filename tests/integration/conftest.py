@@ -155,3 +155,42 @@ def changed_tasks(result: dict) -> list[str]:
                 if host_result.get("changed"):
                     names.append(task["task"]["name"])
     return names
+
+
+def run_module(
+    module: str, args: dict, netns: str | None = None, check: bool = False, timeout: float = 120
+) -> dict:
+    """Run one module ad hoc against localhost (optionally inside *netns*); its result."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_NOCOLOR": "1",
+        }
+    )
+    argv = [
+        str(VENV_BIN / "ansible"),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={VENV_BIN / 'python'}",
+        "-m",
+        module,
+        "-a",
+        json.dumps(args),
+        "localhost",
+    ]
+    if check:
+        argv.append("--check")
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
+    )
+    data = json.loads(proc.stdout)
+    return data["plays"][0]["tasks"][0]["hosts"]["localhost"]

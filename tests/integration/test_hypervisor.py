@@ -47,26 +47,32 @@ PLAYBOOK = """\
 
 INJECT = r"""
 import sys
-from scapy.all import ARP, IPv6, UDP, Dot1Q, Dot1AD, Ether, ICMPv6ND_RA, ICMPv6EchoRequest, IP, Raw, sendp
-kind, count, src_mac, src6, dst_mac = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+from scapy.all import (ARP, IP, UDP, Dot1AD, Dot1Q, Ether, ICMPv6EchoRequest, ICMPv6ND_RA, IPv6,
+                       Raw, sendp, srp)
+kind, count, src_mac, src6 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 eth = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff")
+all_nodes = Ether(src=src_mac, dst="33:33:00:00:00:01")
+udp = UDP(sport=9, dport=9)
 frames = {
-    "ipv4": eth / IP(src="198.51.100.10", dst="198.51.100.255") / UDP(sport=9, dport=9) / Raw(b"t-hv"),
-    "arp": eth / ARP(op=1, hwsrc=src_mac, psrc="198.51.100.10", pdst=sys.argv[6] if len(sys.argv) > 6 else "192.0.2.2"),
-    "vlan": eth / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / UDP(sport=9, dport=9),
-    "qinq": eth / Dot1AD(vlan=7) / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / UDP(sport=9, dport=9),
-    "unknown": Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff", type=0x88B5) / Raw(b"t-hv unknown ethertype"),
-    "ra": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1", hlim=255) / ICMPv6ND_RA(),
-    "spoof_mac": Ether(src="02:6d:76:00:00:99", dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
-    "spoof_ip": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src="2001:db8:6:1::99", dst="ff02::1") / ICMPv6EchoRequest(),
-    "echo": Ether(src=src_mac, dst=dst_mac) / IPv6(src=src6, dst=sys.argv[-1]) / ICMPv6EchoRequest(),
-    "good": Ether(src=src_mac, dst="33:33:00:00:00:01") / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
+    "ipv4": lambda: eth / IP(src="198.51.100.10", dst="198.51.100.255") / udp / Raw(b"t-hv"),
+    "arp": lambda: eth / ARP(op=1, hwsrc=src_mac, psrc="198.51.100.10", pdst=sys.argv[5]),
+    "vlan": lambda: eth / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / udp,
+    "qinq": lambda: eth / Dot1AD(vlan=7) / Dot1Q(vlan=106) / IPv6(src=src6, dst="ff02::1") / udp,
+    "unknown": lambda: Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff", type=0x88B5) / Raw(b"t-hv"),
+    "ra": lambda: all_nodes / IPv6(src=src6, dst="ff02::1", hlim=255) / ICMPv6ND_RA(),
+    "spoof_mac": lambda: Ether(src="02:6d:76:00:00:99", dst="33:33:00:00:00:01")
+    / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
+    "spoof_ip": lambda: all_nodes / IPv6(src="2001:db8:6:1::99", dst="ff02::1")
+    / ICMPv6EchoRequest(),
+    "good": lambda: all_nodes / IPv6(src=src6, dst="ff02::1") / ICMPv6EchoRequest(),
+    "echo": lambda: Ether(src=src_mac, dst=sys.argv[5]) / IPv6(src=src6, dst=sys.argv[6])
+    / ICMPv6EchoRequest(),
 }
+frame = frames[kind]()
 if kind == "echo":
-    from scapy.all import srp
-    answered, _ = srp(frames[kind], iface="eth0", timeout=2, retry=2, verbose=False)
+    answered, _ = srp(frame, iface="eth0", timeout=2, retry=2, verbose=False)
     sys.exit(0 if len(answered) else 1)
-sendp(frames[kind], iface="eth0", count=count, verbose=False)
+sendp(frame, iface="eth0", count=count, verbose=False)
 """
 
 
@@ -208,7 +214,7 @@ def site(tmp_path_factory):
     }
     state = {"workdir": workdir, "playbook": playbook, "extra": extra, "before": before}
     try:
-        for ns, key in ((NS_UP, "up"), (NS_G0, "g0"), (NS_G1, "g1")):
+        for ns in (NS_UP, NS_G0, NS_G1):
             lab.add_ns(ns)
         lab.add_veth(UPLINK, "t-hvu0x", NS_UP, "u0", MAC["up"])
         lab.add_veth(PORTS[0], "t-hvp0x", NS_G0, "eth0", MAC["g0"])
@@ -286,7 +292,8 @@ def test_parallel_family_flows_between_guests(site):
 def inject(kind: str, count: int, src_mac: str = MAC["g0"], src6: str = ADDR["g0"]):
     script = Path("/tmp/t-hv-inject.py")
     script.write_text(INJECT)
-    ns_exec(NS_G0, SCAPY_PYTHON, str(script), kind, str(count), src_mac, src6, "ff:ff:ff:ff:ff:ff")
+    # The ARP frame asks for the host's native IPv4 address.
+    ns_exec(NS_G0, SCAPY_PYTHON, str(script), kind, str(count), src_mac, src6, "192.0.2.2")
 
 
 @pytest.mark.parametrize(
@@ -341,7 +348,7 @@ def test_router_guest_may_send_ra(site, tmp_path):
     script.write_text(INJECT)
     try:
         time.sleep(1.0)
-        ns_exec(NS_G1, SCAPY_PYTHON, str(script), "ra", "2", MAC["g1"], LL["g1"], "x")
+        ns_exec(NS_G1, SCAPY_PYTHON, str(script), "ra", "2", MAC["g1"], LL["g1"])
         time.sleep(1.0)
     finally:
         cap.stop()

@@ -1,0 +1,222 @@
+"""mv6.transition.isolation_facts on real state: a test bridge converged by the hypervisor
+role on this host, and network namespaces acting as single-family guests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import NetnsLab, run_module, run_playbook, sh
+
+pytestmark = pytest.mark.timeout(600)
+
+BRIDGE = "t-hvbr1"
+PORT = "t-hvq0"
+TABLE = "t_hv_iso_facts"
+NS_PORT = "t-hv-q"
+NS_V6, NS_V4 = "t-hv-v6g", "t-hv-v4g"
+HOST_CHECKS = ("host_address", "host_sysctl", "nft_table", "nft_chain", "nft_counter", "nft_set")
+HOST_CHECKS += ("bridge", "uplink")
+
+PLAYBOOK = """\
+- name: Hypervisor role for the isolation_facts test
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: mv6.transition.hypervisor
+"""
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("t-hv-facts")
+    playbook = workdir / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    lab = NetnsLab()
+    extra = {
+        "mv6_parallel": {"bridge": BRIDGE, "uplink": None},
+        "mv6_plan": {
+            "parallel_family": "ipv6",
+            "hosts": {
+                "localhost": {
+                    "guests": {
+                        "t-hv-q": {
+                            "released": False,
+                            "mac": "02:6d:76:00:01:01",
+                            "address": "2001:db8:6:2::10",
+                            "link_local": "fe80::6d:76ff:fe00:101",
+                            "port": PORT,
+                            "router": False,
+                        }
+                    }
+                }
+            },
+        },
+        "mv6_hypervisor_nft_table": TABLE,
+        "mv6_hypervisor_nft_file": str(workdir / f"{TABLE}.nft"),
+        "mv6_hypervisor_accel": "tcg",
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        "mv6_hypervisor_port_pattern": "t-hvq*",
+    }
+    try:
+        lab.add_ns(NS_PORT)
+        lab.add_veth(PORT, "t-hvq0x", NS_PORT, "eth0", "02:6d:76:00:01:01")
+        result = run_playbook(playbook, extra)
+        assert result["rc"] == 0, json.dumps(result)[-3000:]
+        sh("ip", "link", "set", PORT, "master", BRIDGE)
+        sh("ip", "link", "set", PORT, "up")
+        yield {"extra": extra, "nft_file": extra["mv6_hypervisor_nft_file"]}
+    finally:
+        run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+        lab.cleanup()
+        sh("ip", "link", "del", BRIDGE, check=False)
+        sh("nft", "delete", "table", "bridge", TABLE, check=False)
+        Path(f"/etc/sysctl.d/60-mv6-{BRIDGE}.conf").unlink(missing_ok=True)
+
+
+def audit(**extra) -> dict:
+    args = {
+        "scope": "host",
+        "parallel_family": "ipv6",
+        "bridge": BRIDGE,
+        "ports": [PORT],
+        "nft_table": TABLE,
+        **extra,
+    }
+    result = run_module("mv6.transition.isolation_facts", args, check=True)
+    assert not result.get("failed"), result
+    assert result["changed"] is False
+    return result
+
+
+def ours(result: dict) -> list[dict]:
+    """Violations about this test's objects (other pieces run guests and QEMU meanwhile)."""
+    return [v for v in result["violations"] if v["check"] in HOST_CHECKS]
+
+
+def test_clean_host_has_no_violation(host):
+    result = audit()
+    assert ours(result) == []
+    assert result["facts"]["bridge_ports"] == [PORT]
+    assert set(result["counters"]) >= {"drop_ethertype", "drop_input", "pass_forward"}
+    assert isinstance(result["facts"]["domains"], dict)
+    assert isinstance(result["facts"]["qemu_processes"], list)
+
+
+def test_address_on_bridge_is_reported(host):
+    sh("ip", "addr", "add", "198.51.100.77/32", "dev", BRIDGE)
+    try:
+        found = ours(audit())
+    finally:
+        sh("ip", "addr", "del", "198.51.100.77/32", "dev", BRIDGE, check=False)
+    assert [(v["check"], v["object"]) for v in found] == [("host_address", BRIDGE)]
+    assert "198.51.100.77/32" in found[0]["reason"]
+
+
+def test_sysctl_drift_is_reported(host):
+    key = f"net.ipv4.conf.{PORT}.arp_ignore"
+    sh("sysctl", "-q", "-w", f"{key}=0")
+    try:
+        found = ours(audit())
+    finally:
+        sh("sysctl", "-q", "-w", f"{key}=8")
+    assert [(v["check"], v["object"]) for v in found] == [("host_sysctl", key)]
+
+
+def test_missing_table_is_reported(host):
+    sh("nft", "delete", "table", "bridge", TABLE)
+    try:
+        found = ours(audit())
+    finally:
+        sh("nft", "-f", host["nft_file"])
+    assert [(v["check"], v["object"]) for v in found] == [("nft_table", f"bridge {TABLE}")]
+
+
+@pytest.fixture
+def guests(netns_lab: NetnsLab):
+    """Two namespaces set up like converged guests: one IPv6-only, one IPv4-only."""
+    v6 = netns_lab.add_ns(NS_V6)
+    v4 = netns_lab.add_ns(NS_V4)
+    netns_lab.add_veth("t-hvg6h", "t-hvg6x", v6, "eth0")
+    netns_lab.add_veth("t-hvg4h", "t-hvg4x", v4, "eth0")
+    sh("ip", "-n", v6, "addr", "add", "2001:db8:6:3::10/64", "dev", "eth0", "nodad")
+    sh("ip", "-n", v6, "link", "set", "eth0", "up")
+    sh("ip", "netns", "exec", v4, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+    sh("ip", "netns", "exec", v4, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+    sh("ip", "netns", "exec", v4, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1")
+    sh("ip", "-n", v4, "addr", "add", "198.51.100.20/24", "dev", "eth0")
+    sh("ip", "-n", v4, "link", "set", "eth0", "up")
+    for ns, wrong in ((v6, "ipv4"), (v4, "ipv6")):
+        rules = (
+            "table inet mv6_guest {\n"
+            " chain input { type filter hook input priority 0; meta nfproto "
+            f"{wrong} drop; }}\n"
+            " chain output { type filter hook output priority 0; meta nfproto "
+            f"{wrong} drop; }}\n}}\n"
+        )
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+    return {"ipv6": v6, "ipv4": v4}
+
+
+def guest_audit(ns: str, family: str) -> list[dict]:
+    result = run_module(
+        "mv6.transition.isolation_facts", {"scope": "guest", "parallel_family": family}, netns=ns
+    )
+    assert not result.get("failed"), result
+    return result["violations"]
+
+
+@pytest.mark.parametrize("family", ["ipv6", "ipv4"])
+def test_clean_guest_has_no_violation(guests, family):
+    assert guest_audit(guests[family], family) == []
+
+
+def test_ipv4_address_in_v6_guest_is_reported(guests):
+    ns = guests["ipv6"]
+    sh("ip", "-n", ns, "addr", "add", "198.51.100.21/24", "dev", "eth0")
+    found = guest_audit(ns, "ipv6")
+    checks = {(v["check"], v["object"]) for v in found}
+    assert ("guest_address", "eth0 198.51.100.21") in checks
+    assert ("guest_route", "198.51.100.0/24 dev eth0") in checks
+
+
+def test_ipv4_listener_in_v6_guest_is_reported(guests):
+    ns = guests["ipv6"]
+    server = [
+        "ip", "netns", "exec", ns, "timeout", "20", "/usr/bin/python3", "-c",
+        "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 5999)); s.listen();"
+        " time.sleep(15)",
+    ]  # fmt: skip
+    import subprocess
+
+    proc = subprocess.Popen(server)
+    try:
+        for _ in range(50):
+            if "5999" in sh("ip", "netns", "exec", ns, "ss", "-H", "-l", "-n", "-t").stdout:
+                break
+            import time
+
+            time.sleep(0.1)
+        found = guest_audit(ns, "ipv6")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [(v["check"], v["object"]) for v in found] == [("guest_listener", "tcp 0.0.0.0:5999")]
+
+
+def test_v4_guest_with_ipv6_on_is_reported(guests):
+    ns = guests["ipv4"]
+    sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0")
+    found = guest_audit(ns, "ipv4")
+    assert ("guest_sysctl", "net.ipv6.conf.all.disable_ipv6") in {
+        (v["check"], v["object"]) for v in found
+    }
+
+
+def test_missing_guest_table_is_reported(guests):
+    ns = guests["ipv6"]
+    sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "mv6_guest")
+    found = guest_audit(ns, "ipv6")
+    assert [(v["check"], v["object"]) for v in found] == [("guest_nft", "inet mv6_guest")]
