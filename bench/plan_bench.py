@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the MV6 address planner (plugins/module_utils/_plan.py).
 
 One run prints, as medians over --repeat runs (wall clock and process CPU time):
@@ -56,7 +55,7 @@ def fleet(hosts: int, guests: int, start: int = 0) -> dict:
 def timed(func, repeat: int):
     """(median wall s, median CPU s, last result) of func() over repeat runs."""
     walls, cpus, result = [], [], None
-    for _ in range(repeat):
+    for _run in range(repeat):
         result = None
         gc.collect()
         w0, c0 = time.perf_counter(), time.process_time()
@@ -182,7 +181,7 @@ def baseline(hosts: int, guests: int, repeat: int) -> None:
     try:
         write_inventory(directory, guests_by_host)
         base_walls, empty_walls, planner_pb_walls = [], [], []
-        for _ in range(repeat):
+        for _run in range(repeat):
             base_walls.append(run_playbook(directory, "baseline.yml", BASELINE_PLAYBOOK))
             empty_walls.append(run_playbook(directory, "empty.yml", EMPTY_PLAYBOOK))
             (directory / "mv6_plan.yml").unlink(missing_ok=True)

@@ -121,7 +121,12 @@ def _type_name(value: object) -> str:
 
 
 def _is_int(value: object) -> bool:
-    return type(value) is int
+    """An int that is not a bool (YAML's true is not a number of CPUs)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_a(value: object, kind: type) -> bool:
+    return _is_int(value) if kind is int else isinstance(value, kind)
 
 
 def _pton(family: str, text: str) -> int:
@@ -520,14 +525,14 @@ def _guest_error(host: str, i: int, g: object) -> None:
             f"known keys: {', '.join(sorted(GUEST_KEYS))}"
         )
     name = g.get("name")
-    if type(name) is not str or _HOSTNAME.fullmatch(name) is None:
+    if not isinstance(name, str) or _HOSTNAME.fullmatch(name) is None:
         raise ValueError(
             f"mv6_guests[{i}].name {where}: {name!r} is not a valid hostname "
             f"(1 to 63 lowercase letters, digits or '-', not starting or ending with '-')"
         )
     for key, (low, high) in GUEST_INT_RANGES.items():
         v = g.get(key, low)
-        if type(v) is not int or not low <= v <= high:
+        if not _is_int(v) or not low <= v <= high:
             raise ValueError(
                 f"mv6_guests[{i}].{key} {where}: must be an integer from {low} to {high}, got {v!r}"
             )
@@ -544,7 +549,7 @@ def _guest_error(host: str, i: int, g: object) -> None:
                 f"mv6_guests[{i}].{key} {where}: must be one of {', '.join(choices)}, got {v!r}"
             )
     image = g.get("image", "x")
-    if type(image) is not str or not image:
+    if not isinstance(image, str) or not image:
         raise ValueError(
             f"mv6_guests[{i}].image {where}: must be a non-empty string, got {image!r}"
         )
@@ -557,7 +562,7 @@ def _native_overlaps(site: Site, host: str, native: dict) -> None:
     for source, values in sorted(native.items()):
         for value in values or []:
             try:
-                net = netaddr.IPNetwork(str(value).split("%")[0])
+                net = netaddr.IPNetwork(str(value).split("%", maxsplit=1)[0])
             except (netaddr.AddrFormatError, ValueError, TypeError):
                 continue
             if f"ipv{net.version}" != site.family:
@@ -590,7 +595,7 @@ def check_plan(plan: object) -> dict:
     for key in ("native_family", "parallel_family", "prefix", "layout", "address_mode"):
         if not isinstance(plan.get(key), str):
             raise ValueError(f"{key} is missing or not a string")
-    if type(plan.get("host_prefixlen")) is not int:
+    if not _is_int(plan.get("host_prefixlen")):
         raise ValueError("host_prefixlen is missing or not an integer")
     hosts = plan.get("hosts")
     if not isinstance(hosts, dict):
@@ -599,10 +604,10 @@ def check_plan(plan: object) -> dict:
     fleet_slots: dict[int, str] = {}
     shared = plan["layout"] == "shared"
     for host, entry in hosts.items():
-        if type(entry) is not dict:
+        if not isinstance(entry, dict):
             raise ValueError(f"hosts.{host} is not a mapping")
         for key, kind in _HOST_KEYS.items():
-            if type(entry.get(key)) is not kind:
+            if not _is_a(entry.get(key), kind):
                 raise ValueError(f"hosts.{host}.{key} is missing or not a {kind.__name__}")
         hslot = entry["slot"]
         if hslot in host_slots:
@@ -610,10 +615,10 @@ def check_plan(plan: object) -> dict:
         host_slots[hslot] = host
         slots = fleet_slots if shared else {}
         for guest, g in entry["guests"].items():
-            if type(g) is not dict:
+            if not isinstance(g, dict):
                 raise ValueError(f"hosts.{host}.guests.{guest} is not a mapping")
             for key, kind in _GUEST_ENTRY_KEYS.items():
-                if type(g.get(key)) is not kind:
+                if not _is_a(g.get(key), kind):
                     raise ValueError(
                         f"hosts.{host}.guests.{guest}.{key} is missing or not a {kind.__name__}"
                     )
@@ -809,7 +814,7 @@ def _build_plan(
             used = fleet_used
             nxt = fleet_next
         else:
-            reserved = {a for a, _ in mine.values()}
+            reserved = {address for address, _index in mine.values()}
             current = set(guests.names)
             reserved.update(
                 _pton(family, pg["address"]) for n, pg in prev_guests.items() if n not in current
@@ -970,7 +975,7 @@ def _mark(family: str, out: dict, guests: HostGuests, explicit: dict) -> None:
         out[name]["router"] = True
     for name in guests.released:
         out[name]["released"] = True
-    for name, (addr, _) in explicit.items():
+    for name, (addr, _index) in explicit.items():
         out[name]["address"] = _text(family, addr)
 
 
@@ -982,7 +987,7 @@ def _check_taken(site: Site, hosts: dict, prev_hosts: dict, explicit: dict) -> N
         scopes = [(h, everyone) for h in sorted(explicit) if explicit[h]][:1]
     else:
         scopes = [(h, [h]) for h in sorted(explicit) if explicit[h]]
-    for _, members in scopes:
+    for _host, members in scopes:
         owners: dict[str, str] = {}
         if site.gateway is not None:
             owners[_text(site.family, site.gateway)] = "mv6_parallel.gateway"

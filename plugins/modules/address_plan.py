@@ -30,7 +30,7 @@ description:
   - The same inputs give a byte-identical plan file. The file is replaced atomically.
   - See C(docs/planner.md) in the collection for the allocation rules.
 author:
-  - mv6.transition developers
+  - mv6.transition developers (@mv6)
 options:
   plan_file:
     description:
