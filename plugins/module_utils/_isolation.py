@@ -397,7 +397,7 @@ def networkd_dhcp(text: str) -> set[str]:
             section = line.strip("[]").strip()
             continue
         if section == "Network" and "=" in line:
-            key, _, val = line.partition("=")
+            key, _sep, val = line.partition("=")
             if key.strip() == "DHCP":
                 value = val.strip().lower()
     return {

@@ -4,14 +4,6 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import xml.etree.ElementTree as ET
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mv6.transition.plugins.module_utils import _isolation as iso
-
 DOCUMENTATION = r"""
 ---
 module: isolation_facts
@@ -32,7 +24,7 @@ description:
     C(DHCP=)); C(net.ipv6.conf.all.disable_ipv6) not 1 in an IPv4 guest; no rule dropping
     the wrong family in the guest's C(inet) table."
 author:
-  - mv6.transition developers
+  - mv6.transition developers (@mv6-transition)
 options:
   scope:
     description: Whether this runs on a hypervisor or inside a guest.
@@ -72,9 +64,13 @@ options:
     default: true
 attributes:
   check_mode:
+    description:
+      - Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: The module only reads.
+    details: The module only reads; it behaves the same in check mode.
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode).
     support: none
 notes:
   - Runs as root, for C(nft) and C(/proc).
@@ -131,6 +127,15 @@ facts:
   returned: always
   type: dict
 """
+
+
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.mv6.transition.plugins.module_utils import _isolation as iso  # noqa: E402
 
 
 def run_json(module, argv, missing_ok=False):

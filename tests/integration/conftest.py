@@ -10,8 +10,11 @@ and everything is removed in a finalizer, also when the test fails.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -86,9 +89,6 @@ def netns_lab() -> Iterator[NetnsLab]:
 
 # ------------------------------------------------------------------ running playbooks
 
-import json  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"

@@ -4,6 +4,8 @@ role on this host, and network namespaces acting as single-family guests."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -189,15 +191,11 @@ def test_ipv4_listener_in_v6_guest_is_reported(guests):
         "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 5999)); s.listen();"
         " time.sleep(15)",
     ]  # fmt: skip
-    import subprocess
-
     proc = subprocess.Popen(server)
     try:
-        for _ in range(50):
+        for _attempt in range(50):
             if "5999" in sh("ip", "netns", "exec", ns, "ss", "-H", "-l", "-n", "-t").stdout:
                 break
-            import time
-
             time.sleep(0.1)
         found = guest_audit(ns, "ipv6")
     finally:

@@ -72,7 +72,7 @@ def test_bridge_ports():
 
 def test_sysctls():
     reads = {
-        "mv6br0": {t: v for t, v in iso.HOST_SYSCTLS.items()},
+        "mv6br0": dict(iso.HOST_SYSCTLS),
         "eth0.106": {
             **iso.HOST_SYSCTLS,
             "net/ipv6/conf/{ifname}/disable_ipv6": "0\n",
@@ -125,7 +125,7 @@ def test_nft_table_gaps():
         chains=("parallel_input", "from_parallel_port"),
         counters=[c for c in iso.HOST_COUNTERS if c != "drop_qinq"],
     )
-    found, _ = iso.check_nft_table(table, "t", ["mv6p0", "mv6p7"])
+    found, _counters = iso.check_nft_table(table, "t", ["mv6p0", "mv6p7"])
     assert [v["reason"] for v in found] == [
         "chain parallel_output is missing",
         "chain parallel_forward is missing",

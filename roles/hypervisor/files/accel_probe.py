@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright (c) mv6.transition developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Find out whether KVM can really boot a guest on this host, within a bounded time.
@@ -88,7 +87,7 @@ def boot(qemu: str, extra: list[str], marker: bytes, timeout: float, workdir: st
     elapsed = round(time.monotonic() - start, 2)
     if proc.poll() is None:
         proc.kill()
-    _, err = proc.communicate()
+    _out, err = proc.communicate()
     return {
         "ok": seen,
         "seconds": elapsed,
