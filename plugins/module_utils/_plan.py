@@ -906,6 +906,26 @@ def _build_plan(
     return plan
 
 
+_BASES: dict[tuple[bool, int], list[dict]] = {}
+
+
+def _slot_bases(released: bool, prefixlen: int, top: int) -> list[dict]:
+    """Per-slot dicts of the entry keys that do not depend on the host: copied, never shared."""
+    bases = _BASES.setdefault((released, prefixlen), [])
+    while len(bases) <= top:
+        s = len(bases)
+        bases.append(
+            {
+                "slot": s,
+                "released": released,
+                "prefixlen": prefixlen,
+                "port": _port(s),
+                "router": False,
+            }
+        )
+    return bases
+
+
 def _guest_entries(
     site: Site,
     hslot: int,
@@ -928,25 +948,20 @@ def _guest_entries(
         head = _text(family, probe)[: -len("6d:ff:fe00:1")] + iid_head
         ll_head = "fe80::" + iid_head
         mac_head = f"{MAC_HEAD}{hslot >> 8:02x}:{hslot & 0xFF:02x}:"
-        if slots:
-            top = max(slots)
-            _hex(top)
-            _hex_pair(top)
-            _port(top)
-        hexes, pairs, ports = _HEX, _HEX_PAIR, _PORTS
-        out = {
-            name: {
-                "slot": s,
-                "released": host_released,
-                "mac": mac_head + pairs[s],
-                "address": head + hexes[s],
-                "prefixlen": prefixlen,
-                "link_local": ll_head + hexes[s],
-                "port": ports[s],
-                "router": False,
-            }
-            for name, s in zip(guests.names, slots, strict=True)
-        }
+        top = max(slots) if slots else 0
+        _hex(top)
+        _hex_pair(top)
+        hexes, pairs = _HEX, _HEX_PAIR
+        # Copying a cached dict of the per-slot constants and adding the three texts is
+        # about a third faster than building the eight-key dict from scratch.
+        bases = _slot_bases(host_released, prefixlen, top)
+        for name, s in zip(guests.names, slots, strict=True):
+            entry = bases[s].copy()
+            gs = hexes[s]
+            entry["mac"] = mac_head + pairs[s]
+            entry["address"] = head + gs
+            entry["link_local"] = ll_head + gs
+            out[name] = entry
         _mark(family, out, guests, explicit)
         return out
     routers = guests.routers
