@@ -53,7 +53,7 @@ class Capture:
         end = time.monotonic() + timeout
         buf = b""
         while time.monotonic() < end:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            ready, _w, _x = select.select([self.proc.stderr], [], [], 0.2)
             if ready:
                 chunk = os.read(self.proc.stderr.fileno(), 4096)
                 if not chunk:
@@ -72,10 +72,10 @@ class Capture:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                _, err = self.proc.communicate(timeout=10)
+                _out, err = self.proc.communicate(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                _, err = self.proc.communicate()
+                _out, err = self.proc.communicate()
             self.stderr += err.decode(errors="replace")
             m = re.search(r"(\d+) packets? dropped by kernel", self.stderr)
             self.kernel_drops = int(m.group(1)) if m else None

@@ -45,7 +45,7 @@ def send(args: dict) -> dict:
     n = 0
     for kind, copies, hexframe in args["frames"]:
         frame = bytes.fromhex(hexframe)
-        for _ in range(copies):
+        for _copy in range(copies):
             for _attempt in range(50):
                 try:
                     sock.send(frame)
@@ -151,7 +151,7 @@ def ping(args: dict) -> dict:
         while time.monotonic() < end:
             s.settimeout(max(0.01, end - time.monotonic()))
             try:
-                data, _ = s.recvfrom(2048)
+                data, _peer = s.recvfrom(2048)
             except (TimeoutError, OSError):
                 break
             if not six:

@@ -120,7 +120,7 @@ def _start_service(site: dict, key: str, ns: str | None, addr: str, port: int) -
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     pidfile.write_text(str(proc.pid))
     # Wait until it listens (an ipv6 nodad address is usable at once).
-    for _ in range(50):
+    for _try in range(50):
         if proc.poll() is not None:
             raise RuntimeError(f"service {key} exited: see {log.name}")
         probe = ["ss", "-Hltn", f"sport = :{port}"]
@@ -200,7 +200,7 @@ def down(site: dict) -> list[str]:
             # Deleting the namespace deletes the peer end, and with it the host end.
             run("ip", "netns", "del", part["ns"], check=False)
             removed.append(f"netns {part['ns']}")
-        for _ in range(20):
+        for _try in range(20):
             if not link_exists(part["host_if"]):
                 break
             run("ip", "link", "del", part["host_if"], check=False)

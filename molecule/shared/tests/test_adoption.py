@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from mv6mol import ansible_run
 from mv6mol.scenario import NETNS_PYTHON, Scenario, load
 from mv6mol.site import bare, ephemeral_dir, link_exists, native_snapshot, run

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import libvirt
 import pytest
-
 from mv6mol import ansible_run
 from mv6mol.agent import Guest
 from mv6mol.scenario import Scenario, load

@@ -1,7 +1,7 @@
 """Verify step of the network scenarios (v6_parallel, v4_parallel): isolation on real guests.
 
-A scenario's ``tests/test_isolation.py`` star-imports this module; pytest then collects the
-fixtures and tests below for that scenario. Everything is observed with real tools:
+Each of the two scenarios lists this file in ``verifier.additional_files_or_dirs``.
+Everything is observed with real tools:
 tcpdump at every observation point, the nftables counters of ``bridge mv6_isolation``,
 raw AF_PACKET sockets in the guests (through the guest agent) and in the namespaces, and
 scapy to dissect the injected frames.
@@ -16,7 +16,6 @@ import subprocess
 import time
 
 import pytest
-
 from mv6mol import frames as F
 from mv6mol import nft
 from mv6mol.agent import Guest
@@ -399,13 +398,19 @@ def test_injected_frames_are_well_formed(scn: Scenario) -> None:
     )
     out = subprocess.run(
         [NETNS_PYTHON, "-c", code],
-        input=json.dumps([f.hex() for _, _, f in batch]),
+        input=json.dumps([frame.hex() for _kind, _copies, frame in batch]),
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
-    summaries = dict(zip([k for k, _, _ in batch], json.loads(out.splitlines()[-1]), strict=False))
+    summaries = dict(
+        zip(
+            [kind for kind, _copies, _frame in batch],
+            json.loads(out.splitlines()[-1]),
+            strict=False,
+        )
+    )
     want = {
         F.DOT1Q: "Dot1Q",
         F.DOT1AD: "Dot1AD",
