@@ -391,3 +391,65 @@ def test_host_answers_no_arp_or_nd(site, tmp_path):
     for mac in host_macs:
         if mac != "00:00:00:00:00:00":
             assert cap.count(f"ether src {mac}") == 0, f"host MAC {mac} spoke on the segment"
+
+
+@pytest.mark.parametrize(
+    ("guest", "parallel", "needle"),
+    [
+        (
+            {"mac": "02:6d:76:00:03:01", "address": "198.51.100.5", "port": "t-hvx0"},
+            {"bridge": "t-hvbr2"},
+            "mv6_plan.hosts.localhost.guests.bad",
+        ),
+        (
+            {"mac": "03:6d:76:00:03:01", "address": "2001:db8:6:9::5", "port": "t-hvx0"},
+            {"bridge": "t-hvbr2"},
+            "mv6_plan.hosts.localhost.guests.bad",
+        ),
+        (
+            {"mac": "02:6d:76:00:03:01", "address": "2001:db8:6:9::5", "port": "t-hvx0"},
+            {"bridge": "t-hvbr2-much-too-long"},
+            "mv6_parallel.bridge",
+        ),
+        (
+            {"mac": "02:6d:76:00:03:01", "address": "2001:db8:6:9::5", "port": "t-hvx0"},
+            {"bridge": "t-hvbr2", "uplink": "lo"},
+            "mv6_parallel.uplink",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_change(tmp_path, guest, parallel, needle):
+    playbook = tmp_path / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    extra = {
+        "mv6_parallel": parallel,
+        "mv6_plan": {
+            "parallel_family": "ipv6",
+            "hosts": {"localhost": {"guests": {"bad": {"released": False, **guest}}}},
+        },
+        "mv6_hypervisor_nft_table": "t_hv_bad",
+        "mv6_hypervisor_nft_file": str(tmp_path / "t_hv_bad.nft"),
+        "mv6_hypervisor_accel": "tcg",
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        "mv6_hypervisor_port_pattern": "t-hvx*",
+    }
+    before = native_snapshot()
+    try:
+        result = run_playbook(playbook, extra)
+        assert result["rc"] != 0
+        assert result["stats"]["localhost"]["changed"] == 0
+        failed = [
+            h
+            for play in result["plays"]
+            for task in play["tasks"]
+            for h in task["hosts"].values()
+            if h.get("failed")
+        ]
+        assert failed and needle in json.dumps(failed), failed
+        assert sh("ip", "link", "show", "t-hvbr2", check=False).returncode != 0
+        assert not (tmp_path / "t_hv_bad.nft").exists()
+        assert native_snapshot() == before
+    finally:
+        sh("ip", "link", "del", "t-hvbr2", check=False)
+        sh("nft", "delete", "table", "bridge", "t_hv_bad", check=False)
