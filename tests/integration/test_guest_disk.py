@@ -380,9 +380,10 @@ def test_layers_in_use_are_not_touched(lab):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while sh("qemu-img", "info", session, check=False).returncode == 0:
-            assert time.monotonic() < deadline, "qemu-io did not take the image lock"
+            assert holder.poll() is None, f"qemu-io exited early (rc={holder.returncode})"
+            assert time.monotonic() < deadline, "qemu-io did not take the image lock in 30 s"
             time.sleep(0.2)
         for op in ("discard", "commit"):
             res = lab.disk("t-img-u", op=op)
