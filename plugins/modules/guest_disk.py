@@ -33,7 +33,9 @@ options:
     description:
       - V(create) makes the persistent layer on O(golden) and, when O(persistence=non_persistent),
         the session layer on the persistent layer. Existing layers with the right backing are left
-        alone; a layer with another backing is an error.
+        alone; a layer with another backing is an error, except an earlier version of the same
+        golden image (same directory, C(.recipe.json) with the same C(name)), which is kept with a
+        warning so that rebuilding an image never breaks the guests made on the old one.
       - V(commit) merges the session layer into the persistent layer, then starts a new empty
         session layer. It refuses when the session layer's backing is not the guest's persistent
         layer, is an image without a backing file, is O(golden) or lies in O(images_dir).
@@ -374,6 +376,26 @@ class GuestDisk:
             raise DiskError(f"golden: {real} has a backing file; a golden image must be a base")
         return real
 
+    @staticmethod
+    def same_image_older_version(backing: str | None, golden: str) -> bool:
+        """True when ``backing`` is another version of the image ``golden`` is a version of.
+
+        Both must be golden images with a ``.recipe.json`` naming the same image, in the same
+        directory. A rebuilt golden image then leaves the guests made on the old one alone.
+        """
+        if not backing or not os.path.isfile(backing):
+            return False
+        if os.path.dirname(os.path.realpath(backing)) != os.path.dirname(golden):
+            return False
+        names = []
+        for path in (backing, golden):
+            try:
+                with open(recipe_sidecar_path(path), encoding="utf-8") as handle:
+                    names.append(json.load(handle).get("name"))
+            except (OSError, ValueError, AttributeError):
+                return False
+        return names[0] is not None and names[0] == names[1]
+
     def golden_identity(self, path: str) -> dict:
         sidecar_path = recipe_sidecar_path(path)
         sidecar = None
@@ -409,12 +431,20 @@ class GuestDisk:
         persistent, session = self.paths["persistent"], self.paths["session"]
         self.ensure_dir()
         if os.path.exists(persistent):
+            chain = self.chain(persistent)
             try:
-                check_overlay(self.chain(persistent), golden, fmt, "persistent layer")
+                check_overlay(chain, golden, fmt, "persistent layer")
             except ValueError as exc:
-                raise DiskError(
-                    f"{exc}; remove the guest's disks (op=absent) or restore a backup first"
-                ) from exc
+                older = chain[0]["backing"]
+                if not self.same_image_older_version(older, golden):
+                    raise DiskError(
+                        f"{exc}; remove the guest's disks (op=absent) or restore a backup first"
+                    ) from exc
+                self.result["golden"] = os.path.realpath(older)
+                self.module.warn(
+                    f"guest {self.params['name']} stays on {older}, an earlier version of the "
+                    f"golden image {golden}; remove and create its disks to move it"
+                )
             if self.set_attributes(persistent, LAYER_MODE):
                 self.note(f"fix owner/group/mode of {persistent}")
         else:

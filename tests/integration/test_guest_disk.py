@@ -394,3 +394,18 @@ def test_layers_in_use_are_not_touched(lab):
         holder.communicate(b"quit\n", timeout=10)
     assert lab.ok("t-img-u", op="discard")["changed"] is True
     lab.ok("t-img-u", op="absent")
+
+
+def test_create_keeps_a_guest_on_an_earlier_version_of_its_image(lab):
+    v1 = lab.make_golden("img-aaaa.qcow2")
+    v2 = lab.make_golden("img-bbbb.qcow2")
+    for path, version in ((v1, "img-aaaa"), (v2, "img-bbbb")):
+        sidecar = path.with_name(f"{version}.recipe.json")
+        sidecar.write_text(json.dumps({"name": "img", "version": version, "sha256": sha256(path)}))
+    lab.ok("t-img-old", golden=v1)
+    res = lab.ok("t-img-old", golden=v2)
+    assert res["changed"] is False
+    assert res["golden"] == str(v1)
+    assert any("stays on" in w and "earlier version" in w for w in res.get("warnings", []))
+    assert chain(lab.layer("t-img-old"))[0]["backing-filename"] == str(v1)
+    lab.ok("t-img-old", op="absent")
