@@ -4,6 +4,8 @@
   serve ADDR PORT BANNER     a TCP service that answers every connection with BANNER
   probe ADDR PORT BANNER LOG once per second, connect and expect BANNER; log ok|FAIL lines
   count LOG                  print "PROBES FAILED" for a prober log
+  ping ADDR [DEV]            one ICMP/ICMPv6 echo (raw socket, bound to DEV if given),
+                             exit 0 when the reply comes within 2 s
   guests PLAN HOST           print "name address link_local port" per planned guest
   guest-exec DOMAIN ARG...   run a command in a guest over its QEMU guest agent (virsh),
                              print its output, exit with its exit code
@@ -17,9 +19,11 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import signal
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import time
@@ -69,6 +73,49 @@ def probe(addr: str, port: str, banner: str, log: str) -> None:
                 status = f"FAIL {exc}"
             out.write(f"{stamp} {addr} {port} {status}\n")
             time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+def ping(addr: str, dev: str | None = None) -> int:
+    """One echo request; 0 on a reply, 1 on silence or an error (printed)."""
+    v6 = ":" in addr.split("%")[0]
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    ident = os.getpid() & 0xFFFF
+    try:
+        target = socket.getaddrinfo(addr, None, family, socket.SOCK_RAW, proto)[0][4]
+        with socket.socket(family, socket.SOCK_RAW, proto) as sock:
+            if dev:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+            request_type, reply_type = (128, 129) if v6 else (8, 0)
+            header = struct.pack("!BBHHH", request_type, 0, 0, ident, 1)
+            payload = b"mv6lab"
+            if not v6:  # the kernel computes the ICMPv6 checksum itself
+                header = struct.pack(
+                    "!BBHHH", request_type, 0, _checksum(header + payload), ident, 1
+                )
+            sock.sendto(header + payload, target)
+            deadline = time.monotonic() + 2.0
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data, _ = sock.recvfrom(2048)
+                icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
+                kind, _, _, got_id, _ = struct.unpack("!BBHHH", icmp[:8])
+                if kind == reply_type and got_id == ident:
+                    return 0
+    except OSError as exc:
+        print(f"ping {addr}: {exc}", file=sys.stderr)
+        return 1
+    print(f"ping {addr}: no reply", file=sys.stderr)
+    return 1
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
 
 
 def count(log: str) -> None:
@@ -136,6 +183,8 @@ def main(argv: list[str]) -> int:
         probe(*args)
     elif cmd == "count" and len(args) == 1:
         count(*args)
+    elif cmd == "ping" and len(args) in (1, 2):
+        return ping(*args)
     elif cmd == "guests" and len(args) == 2:
         guests(*args)
     elif cmd == "guest-exec" and len(args) >= 2:
