@@ -5,7 +5,8 @@ One run prints, as medians over --repeat runs (wall clock and process CPU time):
   2. adding one hypervisor to that plan, (a) with only the new host in the play (--limit, the
      incremental-adoption path) and (b) with the whole fleet in the play (target: <= 0.1 s,
      0 allocations moved);
-  3. the baseline: the same per-host subnet and per-guest address plan for --baseline-hosts
+  3. the plan file: dump and read back (PyYAML with libyaml) of a --file-hosts fleet;
+  4. the baseline: the same per-host subnet and per-guest address plan for --baseline-hosts
      hosts, written the way playbooks do it today (ansible.utils.ipsubnet / ipmath in a
      set_fact loop), really run with ansible-playbook, against the planner on the same input
      (target: planner >= 100x faster). The ratio is printed.
@@ -199,7 +200,7 @@ def baseline(hosts: int, guests: int, repeat: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
     b, e, p = (statistics.median(x) for x in (base_walls, empty_walls, planner_pb_walls))
     n = hosts * guests
-    print(f"\n3. baseline: {hosts} hosts x {guests} guests ({n} addresses), sequential /64s")
+    print(f"\n4. baseline: {hosts} hosts x {guests} guests ({n} addresses), sequential /64s")
     print(f"   ansible-playbook, ipsubnet + ipmath set_fact loop : {b:8.2f} s wall")
     print(f"   ansible-playbook, same inventory, one noop task   : {e:8.2f} s wall")
     print(f"   ansible-playbook, mv6.transition.address_plan     : {p:8.2f} s wall")
@@ -221,11 +222,12 @@ def main() -> None:
     parser.add_argument("--baseline-hosts", type=int, default=500)
     parser.add_argument("--baseline-guests", type=int, default=8)
     parser.add_argument("--baseline-repeat", type=int, default=3)
+    parser.add_argument("--file-hosts", type=int, default=100)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     args = parser.parse_args()
     if args.quick:
-        args.hosts, args.guests, args.repeat = 200, 8, 3
+        args.hosts, args.guests, args.repeat, args.file_hosts = 200, 8, 3, 20
         args.baseline_hosts, args.baseline_guests, args.baseline_repeat = 20, 2, 1
 
     print(
@@ -260,6 +262,20 @@ def main() -> None:
         f"   {wall:.3f} s wall, {cpu:.3f} s CPU, {moved} allocations moved  "
         f"[{verdict(wall, 0.1)} <= 0.1 s wall, {'ok' if moved == 0 else 'MISSED'} 0 moved]"
     )
+
+    # The plan file: YAML text out and back in (dump_plan, parse_plan_text with its checks).
+    small = _plan.build_plan("ipv4", PARALLEL, fleet(args.file_hosts, args.guests))
+    w0, c0 = time.perf_counter(), time.process_time()
+    text = _plan.dump_plan(small)
+    dump_wall, dump_cpu = time.perf_counter() - w0, time.process_time() - c0
+    w0, c0 = time.perf_counter(), time.process_time()
+    _plan.parse_plan_text(text, "bench")
+    load_wall, load_cpu = time.perf_counter() - w0, time.process_time() - c0
+    m = args.file_hosts * args.guests
+    print(f"\n3. plan file, {args.file_hosts} hosts x {args.guests} guests ({m} guests, ", end="")
+    print(f"{len(text) / 1e6:.1f} MB), one run")
+    print(f"   dump {dump_wall:.2f} s wall ({dump_cpu:.2f} s CPU), ", end="")
+    print(f"read and check {load_wall:.2f} s wall ({load_cpu:.2f} s CPU)")
 
     if not args.skip_baseline:
         baseline(args.baseline_hosts, args.baseline_guests, args.baseline_repeat)
