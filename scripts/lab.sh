@@ -78,6 +78,8 @@ EOF
 }
 
 # --- native state of the whole host, before `up` and after `down` ------------------------
+# Nothing is excluded here, not even what MV6 owns: after `down` the host must be exactly as
+# before `up`, MV6's bridge, taps and table included (they must be gone).
 native_state() { # op label
   local args
   args=$(mktemp)
@@ -86,9 +88,8 @@ native_state() { # op label
 import json, sys
 op, label, state_dir, ignore, tables = sys.argv[1:6]
 params = {"op": op, "state_dir": state_dir,
-          "exclude_interfaces": ["mv6br0", "mv6p*", *ignore.split()],
-          "exclude_tables": ["bridge mv6_isolation",
-                             *[t.strip() for t in tables.split(",") if t.strip()]]}
+          "exclude_interfaces": ignore.split(),
+          "exclude_tables": [t.strip() for t in tables.split(",") if t.strip()]}
 params["label" if op == "record" else "against"] = label
 print(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
 EOF
@@ -340,7 +341,7 @@ down() {
   fi
   say "teardown.yml (purging guest disks)"
   ansible-playbook "$top/playbooks/teardown.yml" -i "$inventory" -e "$(extra_vars)" \
-    -e mv6_teardown_purge_disks=true 2>&1 | tee "$run_dir/teardown.log" || rc=$?
+    -e '{"mv6_teardown_purge_disks": true}' 2>&1 | tee "$run_dir/teardown.log" || rc=$?
   if [[ -f $run_dir/probe.pid ]]; then
     say "native critical service during the teardown"
     probe_stop down || rc=1
