@@ -233,12 +233,20 @@ def domain_interfaces(xml_text: str) -> list[dict]:
     return nics
 
 
-def check_domain_interfaces(domains: dict[str, list[dict]], bridge: str) -> list[dict]:
-    """Every guest NIC attaches to the parallel bridge and nowhere else."""
+def check_domain_interfaces(
+    domains: dict[str, list[dict]], bridge: str, bridge_ports: list[str] | tuple = ()
+) -> list[dict]:
+    """Every guest NIC attaches to the parallel bridge and nowhere else.
+
+    A NIC of type ``bridge`` must name the bridge; a NIC of type ``ethernet`` (a tap made
+    before the guest starts, ``managed='no'``) must be one of the bridge's ports.
+    """
     found = []
     for name, nics in sorted(domains.items()):
         for nic in nics:
             if nic["type"] == "bridge" and nic["source"] == bridge:
+                continue
+            if nic["type"] == "ethernet" and nic["target"] in bridge_ports:
                 continue
             found.append(
                 violation(

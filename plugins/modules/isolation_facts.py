@@ -238,7 +238,7 @@ def host_checks(module, params):
         if problem:
             violations.append(iso.violation("guest_nic", params["libvirt_uri"], problem))
         else:
-            violations += iso.check_domain_interfaces(domains, bridge)
+            violations += iso.check_domain_interfaces(domains, bridge, actual_ports)
 
     qemu = [p for p in processes() if iso.QEMU_NAMES.match(p["comm"])]
     violations += iso.check_qemu_processes(qemu)

@@ -218,3 +218,35 @@ def test_missing_guest_table_is_reported(guests):
     sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "mv6_guest")
     found = guest_audit(ns, "ipv6")
     assert [(v["check"], v["object"]) for v in found] == [("guest_nft", "inet mv6_guest")]
+
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>t-hv-dom</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <interface type='network'><source network='default'/><mac address='02:6d:76:00:05:01'/>
+    </interface>
+    <interface type='bridge'><source bridge='t-hvbr1'/><mac address='02:6d:76:00:05:02'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def test_guest_nic_off_the_bridge_is_reported(host, tmp_path):
+    """A (defined, not started) libvirt domain with a NIC on libvirt's default network."""
+    xml = tmp_path / "dom.xml"
+    xml.write_text(DOMAIN_XML)
+    virsh = ("virsh", "-q", "-c", "qemu:///system")
+    sh(*virsh, "undefine", "t-hv-dom", check=False)
+    sh(*virsh, "define", str(xml))
+    try:
+        result = audit()
+    finally:
+        sh(*virsh, "undefine", "t-hv-dom", check=False)
+    mine = [v for v in result["violations"] if v["object"].startswith("t-hv-dom ")]
+    assert [(v["check"], v["object"]) for v in mine] == [
+        ("guest_nic", "t-hv-dom 02:6d:76:00:05:01")
+    ]
+    assert "default" in mine[0]["reason"]

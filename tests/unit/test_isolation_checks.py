@@ -163,6 +163,16 @@ def test_domain_nics():
     ]
 
 
+def test_prepared_tap_on_the_bridge_is_fine():
+    xml = """<domain><devices><interface type='ethernet'><target dev='mv6p3' managed='no'/>
+    <mac address='02:00:00:00:00:03'/></interface></devices></domain>"""
+    nics = iso.domain_interfaces(xml)
+    assert iso.check_domain_interfaces({"g": nics}, "mv6br0", ["mv6p3"]) == []
+    assert [v["object"] for v in iso.check_domain_interfaces({"g": nics}, "mv6br0", [])] == [
+        "g 02:00:00:00:00:03"
+    ]
+
+
 def test_qemu_as_root():
     procs = [
         {"pid": 10, "comm": "qemu-system-x86", "uid": 0},
