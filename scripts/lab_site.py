@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The simulated site of the MV6 lab (scripts/lab.sh): services, prober, guest exec.
 
   serve ADDR PORT BANNER     a TCP service that answers every connection with BANNER
@@ -97,9 +96,9 @@ def ping(addr: str, dev: str | None = None) -> int:
             deadline = time.monotonic() + 2.0
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
-                data, _ = sock.recvfrom(2048)
+                data = sock.recvfrom(2048)[0]
                 icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
-                kind, _, _, got_id, _ = struct.unpack("!BBHHH", icmp[:8])
+                kind, got_id = icmp[0], struct.unpack("!H", icmp[4:6])[0]
                 if kind == reply_type and got_id == ident:
                     return 0
     except OSError as exc:

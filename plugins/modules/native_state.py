@@ -4,20 +4,6 @@
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import re
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mv6.transition.plugins.module_utils._native import (
-    build_state,
-    diff_states,
-    filter_state,
-    read_sysctls,
-)
-
 DOCUMENTATION = r"""
 ---
 module: native_state
@@ -36,7 +22,7 @@ description:
     by default; see O(exclude_interfaces) and O(exclude_tables)).
   - The module never changes network state. Recording writes one file below O(state_dir).
 author:
-  - mv6.transition developers
+  - mv6.transition developers (@mv6-transition)
 options:
   op:
     description:
@@ -91,9 +77,14 @@ options:
     default: [bridge mv6_isolation]
 attributes:
   check_mode:
+    description: >-
+      Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: In check mode a record is read and returned but not written.
   diff_mode:
+    description: >-
+      Will return details on what has changed (or possibly needs changing in check_mode),
+      when in diff mode.
     support: none
 notes:
   - Needs C(ip) from iproute2. Without C(nft) the ruleset is recorded as empty, with a
@@ -153,13 +144,27 @@ identical:
   type: bool
   sample: false
 differences:
-  description: One line per difference, C(SECTION: added|removed|changed KEY[: how]).
+  description: "One line per difference: C(SECTION: added|removed|changed KEY[: how])."
   returned: when O(op=compare)
   type: list
   elements: str
   sample: ["addresses: removed eth1 198.51.100.1/24",
            "sysctls: changed net.ipv4.ip_forward: 0 -> 1"]
 """
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import tempfile  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.mv6.transition.plugins.module_utils._native import (  # noqa: E402
+    build_state,
+    diff_states,
+    filter_state,
+    read_sysctls,
+)
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -34,7 +34,10 @@ def netns():
     name = f"t-lab-{uuid.uuid4().hex[:8]}"
     _sh("ip", "netns", "add", name)
     try:
-        run = lambda *argv: _sh("ip", "netns", "exec", name, *argv)  # noqa: E731
+
+        def run(*argv: str) -> str:
+            return _sh("ip", "netns", "exec", name, *argv)
+
         run("ip", "link", "set", "lo", "up")
         run("ip", "link", "add", "t-lab-a", "type", "veth", "peer", "name", "t-lab-b")
         run("ip", "link", "set", "t-lab-a", "up")
@@ -64,7 +67,7 @@ def module(netns_name: str, tmp_path: Path, check_mode: bool = False, **args) ->
 
 
 def test_unchanged_namespace_compares_identical(netns, tmp_path):
-    name, _ = netns
+    name = netns[0]
     first = module(name, tmp_path, op="record", label="before-run")
     assert first["changed"] is True
     assert Path(first["record_path"]).is_file()
@@ -136,7 +139,7 @@ def test_check_mode_writes_nothing_and_reference_compares(netns, tmp_path):
 
 
 def test_missing_record_is_a_clear_error(netns, tmp_path):
-    name, _ = netns
+    name = netns[0]
     argfile = tmp_path / "args.json"
     argfile.write_text(
         json.dumps(

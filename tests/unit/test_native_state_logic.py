@@ -121,13 +121,13 @@ EXCL_IF = ["mv6br0", "mv6p*"]
 EXCL_TABLES = ["bridge mv6_isolation"]
 
 
-def _state(ip_addr=IP_ADDR, routes=ROUTES, nft=NFT, sysctls=SYSCTLS):
+def _state(ip_addr=None, routes=None, nft=None, sysctls=None):
     return _native.build_state(
-        ip_addr=copy.deepcopy(ip_addr),
-        ip_routes=copy.deepcopy(routes),
+        ip_addr=copy.deepcopy(IP_ADDR if ip_addr is None else ip_addr),
+        ip_routes=copy.deepcopy(ROUTES if routes is None else routes),
         ip_rules=copy.deepcopy(RULES),
-        nft=copy.deepcopy(nft),
-        sysctls=dict(sysctls),
+        nft=copy.deepcopy(NFT if nft is None else nft),
+        sysctls=dict(SYSCTLS if sysctls is None else sysctls),
         exclude_interfaces=EXCL_IF,
         exclude_tables=EXCL_TABLES,
     )
