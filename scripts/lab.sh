@@ -3,6 +3,8 @@
 # network namespaces and veth pairs made here.
 #
 #   scripts/lab.sh up     [lab|lab_v4]   set-up, simulated site, site.yml, plan, audit, proofs
+#   scripts/lab.sh recheck [lab|lab_v4]  site.yml again (changed=0) and --check (changed=0,
+#                                        nothing changed), on a lab that is up
 #   scripts/lab.sh down   [lab|lab_v4]   teardown.yml (purge), remove the site, diff the host
 #   scripts/lab.sh status [lab|lab_v4]
 #   scripts/lab.sh site-up|site-down [lab|lab_v4]   only the simulated site, without MV6
@@ -330,6 +332,72 @@ up() {
   say "lab is up: all proofs passed; 'scripts/lab.sh down' removes it"
 }
 
+# The idempotence proofs on a lab that is up: site.yml again must report changed=0, and
+# site.yml --check must report changed=0 and change nothing (the host's whole network state
+# with MV6's parts included, the libvirt domains and the plan file are compared).
+recheck() {
+  [[ $(id -u) == 0 ]] || die "run as root"
+  ansible_env
+  [[ -f $plan_file ]] || die "the lab ($inv) is not up"
+  local t0 rc=0
+  probe_start recheck
+  trap 'stop_bg "$run_dir/probe.pid"' EXIT
+
+  say "site.yml, second run (must report changed=0)"
+  t0=$(date +%s)
+  ansible-playbook "$top/playbooks/site.yml" -i "$inventory" -e "$(extra_vars)" \
+    >"$run_dir/site-rerun.log" 2>&1 || rc=$?
+  echo "site.yml re-run ($inv): $(($(date +%s) - t0)) s, exit $rc" | tee -a "$state/times.log"
+  recap_unchanged "$run_dir/site-rerun.log" "site.yml re-run" && ((rc == 0)) ||
+    failures=$((failures + 1))
+
+  say "site.yml --check (must report changed=0 and change nothing)"
+  native_state record recheck-before >/dev/null
+  virsh -q -c qemu:///system list --all >"$run_dir/domains-before.txt"
+  sha256sum "$plan_file" >"$run_dir/plan.sha256"
+  rc=0
+  t0=$(date +%s)
+  ansible-playbook "$top/playbooks/site.yml" -i "$inventory" -e "$(extra_vars)" --check \
+    >"$run_dir/site-check.log" 2>&1 || rc=$?
+  echo "site.yml --check ($inv): $(($(date +%s) - t0)) s, exit $rc" | tee -a "$state/times.log"
+  recap_unchanged "$run_dir/site-check.log" "site.yml --check" && ((rc == 0)) ||
+    failures=$((failures + 1))
+  local result
+  result=$(native_state compare recheck-before)
+  if "$venv_python" -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1]).get("identical") else 1)' "$result"; then
+    echo "  PASS  host network state unchanged by --check (MV6's bridge, taps and table included)"
+  else
+    echo "  FAIL  host network state changed by --check:"
+    "$venv_python" -c 'import json,sys; print("\n".join(json.loads(sys.argv[1]).get("differences", [])))' "$result"
+    failures=$((failures + 1))
+  fi
+  if virsh -q -c qemu:///system list --all | diff "$run_dir/domains-before.txt" - &&
+    sha256sum -c --quiet "$run_dir/plan.sha256"; then
+    echo "  PASS  libvirt domains and plan file unchanged by --check"
+  else
+    echo "  FAIL  libvirt domains or plan file changed by --check"
+    failures=$((failures + 1))
+  fi
+  rm -f "$state/recheck-before.json"
+
+  say "native critical service during the re-runs"
+  probe_stop recheck || failures=$((failures + 1))
+  trap - EXIT
+  ((failures == 0)) || die "$failures idempotence failure(s); logs in $run_dir"
+  say "idempotence proven: re-run changed=0, --check changed=0 and changed nothing"
+}
+
+recap_unchanged() { # log what: every host of the recap has changed=0 and failed=0
+  local log=$1 what=$2
+  sed -n '/PLAY RECAP/,$p' "$log" | grep -E ' ok=' | sed 's/^/    /'
+  if sed -n '/PLAY RECAP/,$p' "$log" | grep -E ' ok=' | grep -Eq 'changed=[1-9]|failed=[1-9]|unreachable=[1-9]'; then
+    echo "  FAIL  $what: some host changed or failed (tasks reported changed are in $log)"
+    grep -B1 -E '^changed:' "$log" | grep -E '^TASK' | sed 's/^/    /' || true
+    return 1
+  fi
+  echo "  PASS  $what: changed=0 on every host"
+}
+
 down() {
   [[ $(id -u) == 0 ]] || die "run as root"
   ansible_env
@@ -394,6 +462,7 @@ status() {
 
 case "$cmd" in
   up) up ;;
+  recheck) recheck ;;
   down) down ;;
   status) status ;;
   # The simulated site alone, without MV6 (for debugging the lab itself).
@@ -403,7 +472,7 @@ case "$cmd" in
     ;;
   site-down) site_down ;;
   *)
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,19p' "$0" >&2
     exit 2
     ;;
 esac
