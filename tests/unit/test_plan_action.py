@@ -74,3 +74,18 @@ def test_plain_turns_subclasses_into_plain_types():
     assert type(plain["mv6_guests"][0]["name"]) is str
     assert yaml.safe_dump(plain)
     assert action._plain((True, None, 1.5)) == [True, None, 1.5]
+
+
+def test_filters_are_thin_wrappers_that_raise_filter_errors():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.mv6.transition.plugins.filter import plan as filters
+
+    names = sorted(filters.FilterModule().filters())
+    assert names == ["guest_address", "guest_mac", "guest_plan", "host_plan", "parallel_subnet"]
+    result = _plan.build_plan("ipv4", {"prefix": "2001:db8:600::/48"}, {"hv1": [{"name": "a"}]})
+    assert filters.guest_plan(result, "hv1", "a")["mac"] == "02:6d:00:00:00:00"
+    assert filters.host_plan(result, "hv1")["subnet"] == "2001:db8:600::/64"
+    with pytest.raises(AnsibleFilterError, match=r"^mv6_plan: host hv2 is not in the plan$"):
+        filters.host_plan(result, "hv2")
+    with pytest.raises(AnsibleFilterError, match=r"^mv6_parallel: must be a dict, got str$"):
+        filters.parallel_subnet("2001:db8::/48", 0)
