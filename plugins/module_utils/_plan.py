@@ -409,6 +409,7 @@ class HostGuests:
         self.released = released
 
 
+_EMPTY: frozenset = frozenset()
 _NO_GUESTS = HostGuests([], frozenset(), {}, frozenset())
 
 
@@ -481,9 +482,7 @@ def _columns_ok(guests: list) -> tuple[list, set] | None:
     if not present <= GUEST_KEYS:
         return None
     names = list(map(_NAME_OF, guests))
-    if set(map(type, names)) != _STR_ONLY:
-        return None
-    joined = "\n".join(names) + "\n"
+    joined = "\n".join(names) + "\n"  # TypeError unless every name is a str
     if joined.count("\n") != len(names) or _NAMES.fullmatch(joined) is None:
         return None
     for key, (low, high) in GUEST_INT_RANGES.items():
@@ -785,6 +784,9 @@ def _build_plan(
         base = site.subnet_base(host_slot[h])
         mine = {}
         hg = parsed[h]
+        if not hg.explicit:
+            explicit[h] = {}
+            continue
         for gname, (raw, index) in sorted(hg.explicit.items(), key=lambda kv: kv[1][1]):
             name = f"mv6_guests[{index}].address on host {h}"
             a = _parse_address(name, raw, family)
@@ -813,13 +815,17 @@ def _build_plan(
             reserved = fleet_reserved
             used = fleet_used
             nxt = fleet_next
-        else:
-            reserved = {address for address, _index in mine.values()}
+        elif prev_guests:
             current = set(guests.names)
+            reserved = {address for address, _index in mine.values()}
             reserved.update(
                 _pton(family, pg["address"]) for n, pg in prev_guests.items() if n not in current
             )
             used = {g["slot"] for g in prev_guests.values()}
+            nxt = 0
+        else:  # a host new to the plan
+            reserved = {address for address, _index in mine.values()} if mine else _EMPTY
+            used = set()
             nxt = 0
         if not used and not reserved:
             # Nothing to step around (a fresh plan): slots are consecutive.
