@@ -2,10 +2,9 @@
 discard and commit, a bounded agent wait, and removal.
 
 The guests sit on a bridge this module creates (``t-gstbr0``, no address, IPv6 off on it) and
-their layers in a state directory of their own; the golden image is the newest one the
-golden_image role built (``/var/lib/mv6/images/debian12.qcow2``), or the image named by
-``MV6_TEST_GOLDEN`` (a .qcow2 with .vmlinuz and .initrd beside it). Everything the tests
-create is removed in finalizers, also on failure.
+their layers in a state directory of their own; the golden image is a private read-only copy
+of the newest one roles/golden_image built (see golden_image()). Everything the tests create
+is removed in finalizers, also on failure.
 """
 
 from __future__ import annotations
@@ -29,6 +28,8 @@ BRIDGE = "t-gstbr0"
 WORK = Path("/var/tmp/t-gst/it-guest")
 GUEST = "t-gst-a"
 TIMINGS: dict[str, float] = {}
+GOLDEN_CACHE = Path("/var/tmp/t-gst/golden")
+GOLDEN_FILES = {"path": ".qcow2", "kernel": ".vmlinuz", "initrd": ".initrd"}
 
 pytestmark = [
     pytest.mark.libvirt,
@@ -43,22 +44,42 @@ def sh(*argv: str, timeout: int = 60, check: bool = True) -> subprocess.Complete
 
 
 def golden_image() -> dict | None:
-    """The golden image to test with: {path, kernel, initrd}, or None."""
+    """The golden image to test with, {path, kernel, initrd[, cmdline]}, or None.
+
+    The newest image of roles/golden_image (or MV6_TEST_GOLDEN: a .qcow2 with .vmlinuz and
+    .initrd beside it) is copied, sparse and read-only, into GOLDEN_CACHE, so another
+    engineer's teardown of /var/lib/mv6/images cannot pull it away in the middle of a run.
+    """
+    source = None
     candidates = [os.environ.get("MV6_TEST_GOLDEN", ""), "/var/lib/mv6/images/debian12.qcow2"]
-    candidates += sorted(str(p) for p in Path("/var/lib/mv6/images").glob("debian12-*.qcow2"))
-    candidates += ["/var/tmp/t-gst/golden/debian12.qcow2"]
     for path in filter(None, candidates):
         base = path[: -len(".qcow2")]
         files = {"path": path, "kernel": base + ".vmlinuz", "initrd": base + ".initrd"}
         if all(Path(f).is_file() for f in files.values()):
-            resolved = {k: str(Path(v).resolve()) for k, v in files.items()}
+            source = {k: Path(v).resolve() for k, v in files.items()}
             recipe = Path(base + ".recipe.json")
-            if recipe.is_file():
-                cmdline = json.loads(recipe.read_text()).get("cmdline")
-                if cmdline:
-                    resolved["cmdline"] = cmdline
-            return resolved
-    return None
+            cmdline = json.loads(recipe.read_text()).get("cmdline") if recipe.is_file() else None
+            break
+    staged = {k: GOLDEN_CACHE / f"debian12{ext}" for k, ext in GOLDEN_FILES.items()}
+    stamp = GOLDEN_CACHE / "source.json"
+    if source is not None:
+        wanted = {"source": str(source["path"]), "cmdline": cmdline}
+        if not stamp.is_file() or json.loads(stamp.read_text()) != wanted:
+            shutil.rmtree(GOLDEN_CACHE, ignore_errors=True)
+            GOLDEN_CACHE.mkdir(parents=True)
+            for key, dest in staged.items():
+                sh("cp", "--sparse=always", str(source[key]), str(dest), timeout=300)
+                dest.chmod(0o444)
+            stamp.write_text(json.dumps(wanted))
+        for directory in (GOLDEN_CACHE.parent, GOLDEN_CACHE):
+            directory.chmod(0o755)
+    if not stamp.is_file():
+        return None
+    image = {k: str(v) for k, v in staged.items()}
+    cmdline = json.loads(stamp.read_text()).get("cmdline")
+    if cmdline:
+        image["cmdline"] = cmdline
+    return image
 
 
 def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[int, str, dict]:
