@@ -201,6 +201,22 @@ def check_nft_table(
     return found, counters
 
 
+GUARD_CHAINS = ("parallel_host_input", "parallel_host_output")
+
+
+def check_host_guard(nft_json: dict | None, table: str) -> list[dict]:
+    """The ``inet`` table that keeps the host's own IP stack off the parallel ports."""
+    obj = f"inet {table}"
+    if nft_json is None:
+        return [violation("nft_table", obj, f"nftables table inet {table} is missing")]
+    chains = {c["name"] for c in _nft_items(nft_json, "chain")}
+    return [
+        violation("nft_chain", f"{obj} {name}", f"chain {name} is missing")
+        for name in GUARD_CHAINS
+        if name not in chains
+    ]
+
+
 def _set_elements(nft_set: dict | None) -> set[str]:
     if not nft_set:
         return set()

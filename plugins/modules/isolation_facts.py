@@ -54,6 +54,12 @@ options:
       - Name of the C(bridge) table on the host (O(scope=host)) or of the C(inet) table in
         the guest (O(scope=guest)). Defaults to C(mv6_isolation) and C(mv6_guest).
     type: str
+  host_guard:
+    description:
+      - Also require the C(inet) table of the same name as O(nft_table) that drops the host's
+        own IP traffic to and from the bridge and its ports (O(scope=host)).
+    type: bool
+    default: true
   libvirt_uri:
     description: The libvirt connection used to list guest NICs (O(scope=host)).
     type: str
@@ -231,6 +237,10 @@ def host_checks(module, params):
         table_json, table, [p for p in expected_ports if p in existing]
     )
     violations += nft_violations
+    guard_json = None
+    if params["host_guard"]:
+        guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
+        violations += iso.check_host_guard(guard_json, table)
 
     domains = None
     if params["check_domains"]:
@@ -260,6 +270,7 @@ def host_checks(module, params):
             for t, v in reads.items()
         },
         "nft_table_present": table_json is not None,
+        "host_guard_present": guard_json is not None,
         "domains": domains,
         "qemu_processes": [{"pid": p["pid"], "uid": p["uid"], "comm": p["comm"]} for p in qemu],
     }
@@ -334,6 +345,7 @@ def main():
             "uplink": {"type": "str"},
             "ports": {"type": "list", "elements": "str", "default": []},
             "nft_table": {"type": "str"},
+            "host_guard": {"type": "bool", "default": True},
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},
             "check_domains": {"type": "bool", "default": True},
         },

@@ -453,3 +453,26 @@ def test_bad_input_fails_before_any_change(tmp_path, guest, parallel, needle):
     finally:
         sh("ip", "link", "del", "t-hvbr2", check=False)
         sh("nft", "delete", "table", "bridge", "t_hv_bad", check=False)
+
+
+def test_new_tap_with_ipv6_on_sends_nothing(site, tmp_path):
+    """A port that appears after the role ran (as libvirt's taps do), with IPv6 on, brought
+    up on the bridge: the host's own stack must send nothing (MLD, DAD, RS) to its guest."""
+    lab = NetnsLab()
+    try:
+        lab.add_ns("t-hv-g5")
+        lab.add_veth("t-hvp5", "t-hvp5x", "t-hv-g5", "eth0", "02:6d:76:00:00:05")
+        sh("ip", "-n", "t-hv-g5", "link", "set", "eth0", "up")
+        sh("ip", "link", "set", "t-hvp5", "master", BRIDGE)
+        assert sh("sysctl", "-n", "net.ipv6.conf.t-hvp5.disable_ipv6").stdout.strip() == "0"
+        cap = Capture("t-hv-g5", "eth0", tmp_path / "g5.pcap")
+        try:
+            time.sleep(1.0)
+            sh("ip", "link", "set", "t-hvp5", "up")
+            time.sleep(4.0)
+        finally:
+            cap.stop()
+        has_ll = json.loads(sh("ip", "-j", "-6", "addr", "show", "dev", "t-hvp5").stdout)
+        assert cap.count("not ether src 02:6d:76:00:00:05") == 0, has_ll
+    finally:
+        lab.cleanup()

@@ -127,6 +127,15 @@ def test_sysctl_drift_is_reported(host):
     assert [(v["check"], v["object"]) for v in found] == [("host_sysctl", key)]
 
 
+def test_missing_host_guard_is_reported(host):
+    sh("nft", "delete", "table", "inet", TABLE)
+    try:
+        found = ours(audit())
+    finally:
+        sh("nft", "-f", host["nft_file"])
+    assert [(v["check"], v["object"]) for v in found] == [("nft_table", f"inet {TABLE}")]
+
+
 def test_missing_table_is_reported(host):
     sh("nft", "delete", "table", "bridge", TABLE)
     try:

@@ -120,6 +120,14 @@ def test_nft_table_missing():
     ]
 
 
+def test_host_guard():
+    table = {"nftables": [{"chain": {"name": "parallel_host_output", "hook": "output"}}]}
+    assert [v["reason"] for v in iso.check_host_guard(table, "t")] == [
+        "chain parallel_host_input is missing"
+    ]
+    assert [v["object"] for v in iso.check_host_guard(None, "t")] == ["inet t"]
+
+
 def test_nft_table_gaps():
     table = _table(
         chains=("parallel_input", "from_parallel_port"),
