@@ -476,3 +476,39 @@ def test_new_tap_with_ipv6_on_sends_nothing(site, tmp_path):
         assert cap.count("not ether src 02:6d:76:00:00:05") == 0, has_ll
     finally:
         lab.cleanup()
+
+
+PORTS_PLAYBOOK = """\
+- name: Hypervisor role, ports entry point
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Set the sysctls of the guest ports
+      ansible.builtin.include_role:
+        name: mv6.transition.hypervisor
+        tasks_from: ports
+"""
+
+
+def test_ports_entry_point_fixes_a_fresh_tap(site):
+    """A tap as libvirt makes it (IPv6 on, link-local address) is put right by tasks_from:
+    ports, and a second call changes nothing."""
+    port = PORTS[0]
+    sh("sysctl", "-q", "-w", f"net.ipv6.conf.{port}.addr_gen_mode=0")
+    sh("sysctl", "-q", "-w", f"net.ipv6.conf.{port}.disable_ipv6=0")
+    sh("ip", "link", "set", port, "down")
+    sh("ip", "link", "set", port, "up")
+    for _attempt in range(30):
+        if json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"]:
+            break
+        time.sleep(0.1)
+    playbook = site["workdir"] / "ports.yml"
+    playbook.write_text(PORTS_PLAYBOOK)
+    first = run_playbook(playbook, site["extra"])
+    second = run_playbook(playbook, site["extra"])
+    assert first["rc"] == 0 and second["rc"] == 0, json.dumps(first)[-3000:]
+    assert changed_tasks(first) == [
+        "mv6.transition.hypervisor : Set the L2-only sysctls of the guest ports"
+    ]
+    assert changed_tasks(second) == []
+    assert json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"] == []
