@@ -18,8 +18,9 @@ description:
   - Volatile fields (lifetimes, counters, interface indices, rule handles, route cache data)
     are dropped, so an unchanged host reads the same every time.
   - Everything MV6 owns is left out, so that the record describes the native host only
-    (the parallel bridge, the guest taps, the uplink and the C(bridge mv6_isolation) table
-    by default; see O(exclude_interfaces) and O(exclude_tables)).
+    (the parallel bridge, the guest taps, the uplink, the C(bridge mv6_isolation) table and
+    the host guard C(inet mv6_isolation) by default; see O(exclude_interfaces) and
+    O(exclude_tables)).
   - The module never changes network state. Recording writes one file below O(state_dir).
 author:
   - mv6.transition developers (@mv6-transition)
@@ -74,7 +75,7 @@ options:
       - When comparing, the tables stored in the record are left out too.
     type: list
     elements: str
-    default: [bridge mv6_isolation]
+    default: [bridge mv6_isolation, inet mv6_isolation]
 attributes:
   check_mode:
     description: >-
@@ -235,7 +236,11 @@ def main():
             reference=dict(type="dict"),
             state_dir=dict(type="path", default="/var/lib/mv6/native-state"),
             exclude_interfaces=dict(type="list", elements="str", default=["mv6br0", "mv6p*"]),
-            exclude_tables=dict(type="list", elements="str", default=["bridge mv6_isolation"]),
+            exclude_tables=dict(
+                type="list",
+                elements="str",
+                default=["bridge mv6_isolation", "inet mv6_isolation"],
+            ),
         ),
         mutually_exclusive=[("against", "reference")],
         required_if=[("op", "compare", ("against", "reference"), True)],
