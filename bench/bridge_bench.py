@@ -101,7 +101,7 @@ def main() -> int:
             sh("ip", "link", "set", port, "master", BRIDGE)
             sh("ip", "link", "set", port, "up")
         iperf(1)  # warm-up: neighbour discovery, caches
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             results["with_table"].append(iperf(args.seconds))
             sh("nft", "delete", "table", "bridge", TABLE)
             results["without_table"].append(iperf(args.seconds))
