@@ -11,7 +11,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
 
+from ansible.errors import AnsibleFilterError
 from ansible_collections.mv6.transition.plugins.action import address_plan as action
+from ansible_collections.mv6.transition.plugins.filter import plan as filters
 from ansible_collections.mv6.transition.plugins.module_utils import _plan
 
 FACTS = {
@@ -71,15 +73,12 @@ def test_plain_turns_subclasses_into_plain_types():
         yaml.safe_dump(data)
     plain = action._plain(data)
     assert plain == {"mv6_guests": [{"name": "web6", "vcpus": 2}]}
-    assert type(plain["mv6_guests"][0]["name"]) is str
+    assert not isinstance(plain["mv6_guests"][0]["name"], TaggedStr)
     assert yaml.safe_dump(plain)
     assert action._plain((True, None, 1.5)) == [True, None, 1.5]
 
 
 def test_filters_are_thin_wrappers_that_raise_filter_errors():
-    from ansible.errors import AnsibleFilterError
-    from ansible_collections.mv6.transition.plugins.filter import plan as filters
-
     names = sorted(filters.FilterModule().filters())
     assert names == ["guest_address", "guest_mac", "guest_plan", "host_plan", "parallel_subnet"]
     result = _plan.build_plan("ipv4", {"prefix": "2001:db8:600::/48"}, {"hv1": [{"name": "a"}]})
