@@ -60,7 +60,9 @@ def find_kernel(explicit: str) -> str | None:
     return None
 
 
-def boot(qemu: str, extra: list[str], marker: bytes, timeout: float, workdir: str) -> dict:
+def boot(
+    qemu: str, extra: list[str], marker: bytes, timeout: float, workdir: str, runas: str
+) -> dict:
     serial = os.path.join(workdir, "serial.out")
     if os.path.exists(serial):
         os.unlink(serial)
@@ -68,6 +70,9 @@ def boot(qemu: str, extra: list[str], marker: bytes, timeout: float, workdir: st
         qemu, "-accel", "kvm", "-nodefaults", "-display", "none", "-monitor", "none",
         "-no-reboot", "-m", "256", "-serial", f"file:{serial}", *extra,
     ]  # fmt: skip
+    if runas and os.geteuid() == 0:
+        # MV6 never runs QEMU as root, not even for a probe: drop to the QEMU user after init.
+        argv += ["-runas", runas]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = False
@@ -97,7 +102,7 @@ def boot(qemu: str, extra: list[str], marker: bytes, timeout: float, workdir: st
     }
 
 
-def probe(qemu: str, kernel: str | None, timeout: float) -> dict:
+def probe(qemu: str, kernel: str | None, timeout: float, runas: str = "") -> dict:
     stages = []
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
@@ -110,7 +115,7 @@ def probe(qemu: str, kernel: str | None, timeout: float) -> dict:
             fh.write(SECTOR)
         result = boot(
             qemu, ["-drive", f"file={sector},format=raw,if=floppy", "-boot", "a"], b"RLM",
-            timeout, workdir,
+            timeout, workdir, runas,
         )  # fmt: skip
         stages.append({"stage": "sector", **result})
         if not result["ok"]:
@@ -132,6 +137,7 @@ def probe(qemu: str, kernel: str | None, timeout: float) -> dict:
             b"Linux version",
             timeout,
             workdir,
+            runas,
         )
         stages.append({"stage": "kernel", "kernel": kernel, **result})
         if not result["ok"]:
@@ -154,6 +160,7 @@ def main() -> int:
     parser.add_argument("--kernel", default="")
     parser.add_argument("--timeout", type=float, default=15)
     parser.add_argument("--cache", required=True)
+    parser.add_argument("--runas", default="", help="unprivileged user QEMU drops to")
     parser.add_argument("--no-write", action="store_true", help="do not write the cache")
     args = parser.parse_args()
 
@@ -171,7 +178,7 @@ def main() -> int:
     except (OSError, ValueError):
         pass
 
-    verdict = probe(args.qemu, kernel, args.timeout)
+    verdict = probe(args.qemu, kernel, args.timeout, args.runas)
     verdict["domain_type"] = "kvm" if verdict["accel"] == "kvm" else "qemu"
     verdict["key"] = key
     verdict["probed_at"] = int(time.time())
