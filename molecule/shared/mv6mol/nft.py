@@ -1,4 +1,5 @@
-"""Read the drop counters of the collection's ``bridge mv6_isolation`` table."""
+"""Read the drop counters of the collection's tables: ``bridge mv6_isolation`` (the filter on
+the parallel bridge) and ``inet mv6_isolation`` (the host guard), where present."""
 
 from __future__ import annotations
 
@@ -47,8 +48,16 @@ def drop_counters(family: str = TABLE[0], name: str = TABLE[1]) -> dict[str, int
     return counts
 
 
-def drop_total(family: str = TABLE[0], name: str = TABLE[1]) -> int:
-    return sum(drop_counters(family, name).values())
+def all_drop_counters() -> dict[str, int]:
+    """Drop counters of both collection tables, keyed "family:..."; a missing table adds none."""
+    out: dict[str, int] = {}
+    for family in ("bridge", "inet"):
+        try:
+            counts = drop_counters(family, TABLE[1])
+        except subprocess.CalledProcessError:
+            continue
+        out.update({f"{family}:{k}": v for k, v in counts.items()})
+    return out
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -272,7 +272,7 @@ def native_snapshot(site: dict, ignore: str | None = None, strict: bool = False)
     """The host's native state as text: addresses, routes, rules, ruleset, global sysctls.
 
     Left out: the parallel bridge, its ports and the uplink (their state is asserted on its
-    own: no address, no route), the collection's own ``bridge mv6_isolation`` table,
+    own: no address, no route), the collection's own ``mv6_isolation`` tables (bridge, inet),
     lifetimes and counters (they change by themselves), and objects of other pieces'
     concurrently running tests (``MV6_MOL_IGNORE``, default ``^t[-_](?!mol)``).
     ``strict`` also records the uplink and the per-interface sysctls of the site's own
@@ -287,7 +287,10 @@ def native_snapshot(site: dict, ignore: str | None = None, strict: bool = False)
         return "\n".join(_EXPIRES.sub("", _LIFETIMES.sub("", x)) for x in kept)
 
     ruleset = run("nft", "-s", "list", "ruleset")
-    ruleset = strip_tables(strip_table(ruleset, "bridge", "mv6_isolation"), pattern)
+    # The collection's own tables: the bridge filter and the host guard.
+    for family in ("bridge", "inet"):
+        ruleset = strip_table(ruleset, family, "mv6_isolation")
+    ruleset = strip_tables(ruleset, pattern)
     sysctls = {}
     for key in (
         "net/ipv4/ip_forward",

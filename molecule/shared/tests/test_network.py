@@ -119,7 +119,7 @@ def _inject(
     batch = F.batch(spec, run_id, COUNT)
     wire = [[kind, copies, frame.hex()] for kind, copies, frame in batch]
     caps = _observers(scn, tag, taps)
-    before = nft.drop_counters()
+    before = nft.all_drop_counters()
     sniff_pid = None
     with capturing(list(caps.values()), settle=2.0):
         if sniff_guest is not None:
@@ -132,7 +132,7 @@ def _inject(
                 assert time.monotonic() < end, "the in-guest sniffer did not start"
                 time.sleep(0.5)
         sent = send({"mac": spec["src_mac"], "frames": wire, "pace": 100})
-    after = nft.drop_counters()
+    after = nft.all_drop_counters()
     sniffed = sniff_guest.rawnet_collect(sniff_pid, timeout=200) if sniff_pid else None
     result = {
         "run": run_id,
