@@ -512,3 +512,134 @@ def test_ports_entry_point_fixes_a_fresh_tap(site):
     ]
     assert changed_tasks(second) == []
     assert json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"] == []
+
+
+# ---------------------------------------------------------------- IPv4 parallel network
+
+V4 = {
+    "bridge": "t-hvbr4",
+    "table": "t_hv_isolation4",
+    "ports": ("t-hv4p0", "t-hv4p1"),
+    "ns": ("t-hv-4g0", "t-hv-4g1"),
+    "mac": ("02:6d:76:00:04:01", "02:6d:76:00:04:02"),
+    "addr": ("198.51.100.40", "198.51.100.41"),
+}
+
+INJECT4 = r"""
+import sys
+from scapy.all import ARP, BOOTP, ICMP, IP, UDP, Ether, ICMPv6EchoRequest, IPv6, sendp, srp
+kind, src_mac, src4, dst_mac, dst4 = sys.argv[1:6]
+frames = {
+    "echo": lambda: Ether(src=src_mac, dst=dst_mac) / IP(src=src4, dst=dst4) / ICMP(),
+    "ipv6": lambda: Ether(src=src_mac, dst="33:33:00:00:00:01")
+    / IPv6(src="fe80::6d:76ff:fe00:401", dst="ff02::1") / ICMPv6EchoRequest(),
+    "dhcp_offer": lambda: Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff")
+    / IP(src=src4, dst="255.255.255.255") / UDP(sport=67, dport=68) / BOOTP(op=2),
+    "arp_spoof": lambda: Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff")
+    / ARP(op=1, hwsrc=src_mac, psrc="198.51.100.99", pdst=dst4),
+}
+frame = frames[kind]()
+if kind == "echo":
+    answered, _unanswered = srp(frame, iface="eth0", timeout=2, retry=2, verbose=False)
+    sys.exit(0 if len(answered) else 1)
+sendp(frame, iface="eth0", count=5, verbose=False)
+"""
+
+
+def counters_of(table: str) -> dict[str, int]:
+    data = json.loads(sh("nft", "-j", "list", "counters", "table", "bridge", table).stdout)
+    return {
+        i["counter"]["name"]: i["counter"]["packets"] for i in data["nftables"] if "counter" in i
+    }
+
+
+@pytest.fixture(scope="module")
+def site_v4(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("t-hv4")
+    playbook = workdir / "hypervisor.yml"
+    playbook.write_text(PLAYBOOK)
+    guests = {
+        f"t-hv-4g{i}": {
+            "released": False,
+            "mac": V4["mac"][i],
+            "address": V4["addr"][i],
+            "prefixlen": 24,
+            "port": V4["ports"][i],
+            "router": False,
+        }
+        for i in range(2)
+    }
+    extra = {
+        "mv6_native_family": "ipv6",
+        "mv6_parallel": {"bridge": V4["bridge"], "uplink": None},
+        "mv6_plan": {"parallel_family": "ipv4", "hosts": {"localhost": {"guests": guests}}},
+        "mv6_hypervisor_nft_table": V4["table"],
+        "mv6_hypervisor_nft_file": str(workdir / f"{V4['table']}.nft"),
+        "mv6_hypervisor_accel": "tcg",
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        "mv6_hypervisor_port_pattern": "t-hv4p*",
+    }
+    lab = NetnsLab()
+    state = {"workdir": workdir}
+    try:
+        for i in range(2):
+            lab.add_ns(V4["ns"][i])
+            lab.add_veth(V4["ports"][i], f"{V4['ports'][i]}x", V4["ns"][i], "eth0", V4["mac"][i])
+            sh("ip", "-n", V4["ns"][i], "addr", "add", f"{V4['addr'][i]}/24", "dev", "eth0")
+            sh("ip", "-n", V4["ns"][i], "link", "set", "eth0", "up")
+        state["run1"] = run_playbook(playbook, extra)
+        for port in V4["ports"]:
+            sh("ip", "link", "set", port, "master", V4["bridge"], check=False)
+            sh("ip", "link", "set", port, "up")
+        state["run2"] = run_playbook(playbook, extra)
+        script = workdir / "inject4.py"
+        script.write_text(INJECT4)
+        state["script"] = script
+        yield state
+    finally:
+        run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+        lab.cleanup()
+        sh("ip", "link", "del", V4["bridge"], check=False)
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, V4["table"], check=False)
+        Path(f"/etc/sysctl.d/60-mv6-{V4['bridge']}.conf").unlink(missing_ok=True)
+
+
+def inject4(state: dict, kind: str, check: bool = True):
+    return ns_exec(
+        V4["ns"][0], SCAPY_PYTHON, str(state["script"]), kind,
+        V4["mac"][0], V4["addr"][0], V4["mac"][1], V4["addr"][1], check=check,
+    )  # fmt: skip
+
+
+def test_v4_converges_and_is_idempotent(site_v4):
+    assert site_v4["run1"]["rc"] == 0, json.dumps(site_v4["run1"])[-3000:]
+    assert site_v4["run2"]["rc"] == 0, json.dumps(site_v4["run2"])[-3000:]
+    assert changed_tasks(site_v4["run2"]) == []
+
+
+def test_v4_parallel_family_flows(site_v4):
+    inject4(site_v4, "echo")
+
+
+@pytest.mark.parametrize(
+    ("kind", "counter", "bpf"),
+    [
+        ("ipv6", "drop_ethertype", "ip6 and ether src 02:6d:76:00:04:01"),
+        ("dhcp_offer", "drop_dhcp_guard", "udp src port 67"),
+        ("arp_spoof", "drop_spoof_ip", "arp and arp[14:4] == 0xc6336463"),
+    ],
+)
+def test_v4_forbidden_frames_reach_nobody(site_v4, tmp_path, kind, counter, bpf):
+    cap = Capture(V4["ns"][1], "eth0", tmp_path / "g1.pcap")
+    try:
+        time.sleep(1.0)
+        before = counters_of(V4["table"])
+        inject4(site_v4, kind)
+        time.sleep(1.0)
+        after = counters_of(V4["table"])
+    finally:
+        cap.stop()
+    assert cap.count(bpf) == 0
+    assert after[counter] - before[counter] >= 5, (before, after)
