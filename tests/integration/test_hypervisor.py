@@ -643,3 +643,37 @@ def test_v4_forbidden_frames_reach_nobody(site_v4, tmp_path, kind, counter, bpf)
         cap.stop()
     assert cap.count(bpf) == 0
     assert after[counter] - before[counter] >= 5, (before, after)
+
+
+def test_check_mode_on_fresh_host_changes_nothing(tmp_path):
+    playbook = tmp_path / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    guest = {"released": False, "mac": "02:6d:76:00:07:01", "address": "2001:db8:6:7::1"}
+    extra = {
+        "mv6_parallel": {"bridge": "t-hvbr7", "uplink": None},
+        "mv6_plan": {
+            "parallel_family": "ipv6",
+            "hosts": {"localhost": {"guests": {"a": {**guest, "port": "t-hv7p0"}}}},
+        },
+        "mv6_hypervisor_nft_table": "t_hv_chk",
+        "mv6_hypervisor_nft_file": str(tmp_path / "t_hv_chk.nft"),
+        "mv6_hypervisor_accel": "tcg",
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        "mv6_hypervisor_port_pattern": "t-hv7p*",
+    }
+    before = native_snapshot()
+    try:
+        result = run_playbook(playbook, extra, check=True)
+        assert result["rc"] == 0, json.dumps(result)[-3000:]
+        assert result["stats"]["localhost"]["changed"] > 0
+        assert sh("ip", "link", "show", "t-hvbr7", check=False).returncode != 0
+        assert sh("nft", "list", "table", "bridge", "t_hv_chk", check=False).returncode != 0
+        assert not (tmp_path / "t_hv_chk.nft").exists()
+        assert not Path("/etc/sysctl.d/60-mv6-t-hvbr7.conf").exists()
+        assert native_snapshot() == before
+    finally:
+        sh("ip", "link", "del", "t-hvbr7", check=False)
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, "t_hv_chk", check=False)
+        Path("/etc/sysctl.d/60-mv6-t-hvbr7.conf").unlink(missing_ok=True)
