@@ -262,11 +262,11 @@ GUEST_ITEM = {"name": GUEST, "persistence": "non_persistent", "memory_mib": 384}
 
 # --- tests, in order: they share the one guest --------------------------------------------
 def test_bad_input_fails_before_any_change(lab):
-    rc, out, _ = run(lab, [{"name": "t-gst-unplanned"}])
+    rc, out, _recap = run(lab, [{"name": "t-gst-unplanned"}])
     assert rc != 0
     expected = "mv6_guests[0].name: guest t-gst-unplanned has no entry in mv6_plan.hosts.localhost"
     assert expected in out
-    rc, out, _ = run(lab, [{"name": GUEST, "persistence": "sometimes"}])
+    rc, out, _recap = run(lab, [{"name": GUEST, "persistence": "sometimes"}])
     assert rc != 0
     assert "persistence" in out and "sometimes" in out
     assert not (WORK / "guests" / GUEST).exists(), "bad input must change nothing"
@@ -315,30 +315,30 @@ def test_check_mode_reports_a_stop_without_stopping(lab):
 
 
 def write_marker(name: str) -> None:
-    code, _ = guest_exec(GUEST, "/bin/sh", "-c", f"echo mv6 > /root/{name} && sync")
+    code, _output = guest_exec(GUEST, "/bin/sh", "-c", f"echo mv6 > /root/{name} && sync")
     assert code == 0
     assert guest_exec(GUEST, "/bin/cat", f"/root/{name}") == (0, "mv6\n")
 
 
 def test_restart_of_non_persistent_guest_discards_the_session(lab):
     write_marker("t-gst-discarded")
-    rc, out, _ = run(lab, [dict(GUEST_ITEM, state="stopped")])
+    rc, out, _recap = run(lab, [dict(GUEST_ITEM, state="stopped")])
     assert rc == 0, out[-4000:]
     assert sh("virsh", "-q", "-c", URI, "domstate", GUEST).stdout.strip() == "shut off"
     start = time.monotonic()
-    rc, out, _ = run(lab, [GUEST_ITEM])
+    rc, out, _recap = run(lab, [GUEST_ITEM])
     TIMINGS["restart_with_discard_to_agent"] = round(time.monotonic() - start, 1)
     assert rc == 0, out[-4000:]
-    code, _ = guest_exec(GUEST, "/bin/ls", "/root/t-gst-discarded")
+    code, _output = guest_exec(GUEST, "/bin/ls", "/root/t-gst-discarded")
     assert code != 0, "the file written in the last session must be gone after a discard"
 
 
 def test_restart_with_commit_keeps_the_session(lab):
     write_marker("t-gst-committed")
     item = dict(GUEST_ITEM, session_action="commit")
-    rc, out, _ = run(lab, [dict(item, state="stopped")])
+    rc, out, _recap = run(lab, [dict(item, state="stopped")])
     assert rc == 0, out[-4000:]
-    rc, out, _ = run(lab, [item])
+    rc, out, _recap = run(lab, [item])
     assert rc == 0, out[-4000:]
     assert guest_exec(GUEST, "/bin/cat", "/root/t-gst-committed") == (0, "mv6\n")
 
@@ -350,7 +350,7 @@ def test_agent_wait_is_bounded_and_names_the_guest(lab, tmp_path):
     blank.chmod(0o444)
     images = {"debian12": lab["image"], "blank": dict(lab["image"], path=str(blank))}
     start = time.monotonic()
-    rc, out, _ = run(
+    rc, out, _recap = run(
         lab,
         [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "memory_mib": 256}],
         mv6_guest_images=images,
@@ -361,7 +361,7 @@ def test_agent_wait_is_bounded_and_names_the_guest(lab, tmp_path):
     assert "mv6_guest_agent_timeout: t-gst-dead did not answer guest-ping" in out
     assert "within 15 s" in out and str(WORK / "guests" / "t-gst-dead" / "serial.log") in out
     assert elapsed < 120
-    rc, out, _ = run(
+    rc, out, _recap = run(
         lab,
         [GUEST_ITEM, {"name": "t-gst-dead", "image": "blank", "state": "absent"}],
         mv6_guest_images=images,
@@ -371,7 +371,7 @@ def test_agent_wait_is_bounded_and_names_the_guest(lab, tmp_path):
 
 
 def test_absent_removes_the_guest_and_keeps_the_golden_image(lab):
-    rc, out, _ = run(lab, [dict(GUEST_ITEM, state="absent")])
+    rc, out, _recap = run(lab, [dict(GUEST_ITEM, state="absent")])
     assert rc == 0, out[-4000:]
     assert GUEST not in sh("virsh", "-q", "-c", URI, "list", "--all", "--name").stdout.split()
     assert not (WORK / "guests" / GUEST).exists()

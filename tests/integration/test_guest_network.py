@@ -211,7 +211,7 @@ def guest_sh(domain: str, script: str, *args: str, timeout: int = 60) -> tuple[i
 
 
 def ping(domain: str, dst: str) -> bool:
-    code, _ = guest_sh(domain, 'exec python3 -c "$1" "$2"', PING, dst, timeout=30)
+    code, _output = guest_sh(domain, 'exec python3 -c "$1" "$2"', PING, dst, timeout=30)
     return code == 0
 
 
@@ -361,7 +361,7 @@ def test_ipv6_router_and_slaac_guest(lab):
     for name in guests:
         code, v4 = guest_sh(name, "ip -4 -o addr show")
         assert code == 0 and [line.split()[1] for line in v4.splitlines()] == ["lo"], v4
-        code, _ = guest_sh(name, "nft list table inet mv6_guest >/dev/null")
+        code, _output = guest_sh(name, "nft list table inet mv6_guest >/dev/null")
         assert code == 0
         code, host = guest_sh(name, "hostname; cat /etc/hostname")
         assert host.split() == [name, name]
