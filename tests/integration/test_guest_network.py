@@ -443,3 +443,73 @@ def test_ipv4_guest_has_no_ipv6_at_all(lab):
         "second",
         converge_times(out2),
     )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"mv6_parallel_family": "ipv4", "mv6_guest_network_mode": "slaac"},
+            "mv6_guest_network_mode: slaac needs an IPv6 parallel network",
+        ),
+        (
+            {
+                "mv6_guest_plan": {
+                    "mac": "02:6d:76:6a:01:09",
+                    "address": "198.51.100.9",
+                    "prefixlen": 64,
+                }
+            },
+            "mv6_guest_plan.address: 198.51.100.9 is not an ipv6 address",
+        ),
+        (
+            {"mv6_guest_network_dns": ["198.51.100.53"]},
+            "mv6_guest_network_dns / mv6_plan dns: 198.51.100.53 is not an ipv6 address",
+        ),
+    ],
+)
+def test_bad_input_fails_before_touching_the_guest(tmp_path, overrides, message):
+    # The host is a libvirt_qemu guest that does not exist: if the checks let anything through,
+    # the apply task fails on the connection instead and the message below is missing.
+    hostvars = {
+        "ansible_connection": "community.libvirt.libvirt_qemu",
+        "ansible_host": "t-gst-no-such-domain",
+        "mv6_parallel_family": "ipv6",
+        "mv6_guest_plan": {
+            "mac": "02:6d:76:6a:01:09",
+            "address": "2001:db8:6a01::9",
+            "prefixlen": 64,
+        },
+    }
+    hostvars.update(overrides)
+    (tmp_path / "inventory.json").write_text(
+        json.dumps({"all": {"hosts": {"t-gst-nbad": hostvars}}})
+    )
+    (tmp_path / "play.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  roles: [mv6.transition.guest_network]\n"
+    )
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        ANSIBLE_CONFIG=str(TOP / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(tmp_path / "inventory.json"),
+            str(tmp_path / "play.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=TOP,
+        env=env,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in out, out[-3000:]
+    assert "Configure the guest's single-family network" not in out
