@@ -38,7 +38,7 @@ unit:
 
 integration:
 	@if compgen -G 'tests/integration/test_*.py' >/dev/null; then \
-	  timeout 1800 $(BIN)/pytest tests/integration; \
+	  timeout 2700 $(BIN)/pytest tests/integration; \
 	else echo "no integration tests yet"; fi
 
 # ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of
