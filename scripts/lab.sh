@@ -388,14 +388,19 @@ recheck() {
 }
 
 recap_unchanged() { # log what: every host of the recap has changed=0 and failed=0
-  local log=$1 what=$2
-  sed -n '/PLAY RECAP/,$p' "$log" | grep -E ' ok=' | sed 's/^/    /'
-  if sed -n '/PLAY RECAP/,$p' "$log" | grep -E ' ok=' | grep -Eq 'changed=[1-9]|failed=[1-9]|unreachable=[1-9]'; then
-    echo "  FAIL  $what: some host changed or failed (tasks reported changed are in $log)"
+  local log=$1 what=$2 recap line
+  recap=$(sed -n '/PLAY RECAP/,$p' "$log" | grep -E ' ok=')
+  while IFS= read -r line; do echo "    $line"; done <<<"$recap"
+  if grep -Eq 'changed=[1-9]' <<<"$recap"; then
+    echo "  FAIL  $what: not changed=0 (the tasks that changed:)"
     grep -B1 -E '^changed:' "$log" | grep -E '^TASK' | sed 's/^/    /' || true
     return 1
   fi
   echo "  PASS  $what: changed=0 on every host"
+  if grep -Eq 'failed=[1-9]|unreachable=[1-9]' <<<"$recap"; then
+    echo "  FAIL  $what: a host failed or was unreachable (the audit's list is in $log)"
+    return 1
+  fi
 }
 
 down() {
