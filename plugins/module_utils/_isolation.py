@@ -229,6 +229,34 @@ def _set_elements(nft_set: dict | None) -> set[str]:
     return elements
 
 
+# The metadata element roles/guest writes into every MV6 domain (docs/interfaces.md).
+MV6_METADATA_NS = "https://mv6.invalid/transition"
+
+
+def is_mv6_domain(xml_text: str) -> bool:
+    """Whether a domain's XML carries ``<metadata><mv6:guest xmlns:mv6=...>``."""
+    root = ET.fromstring(xml_text)
+    return root.find(f"./metadata/{{{MV6_METADATA_NS}}}guest") is not None
+
+
+def select_mv6_domains(xml_by_name: dict[str, str], guests=()) -> tuple[dict, list[str]]:
+    """Split the host's domains into MV6 guests and the rest.
+
+    A domain is an MV6 guest when its XML carries the MV6 metadata element or its name is in
+    *guests* (for example the plan's guests of this host). Returns ``({name: nics})`` of the
+    MV6 guests and the sorted names of the other domains, which the audit leaves alone: an
+    unrelated VM on the same host is not part of the parallel network.
+    """
+    named = set(guests)
+    selected, others = {}, []
+    for name, xml_text in xml_by_name.items():
+        if name in named or is_mv6_domain(xml_text):
+            selected[name] = domain_interfaces(xml_text)
+        else:
+            others.append(name)
+    return selected, sorted(others)
+
+
 def domain_interfaces(xml_text: str) -> list[dict]:
     """The NICs of one libvirt domain: type, source (bridge or network), target, mac."""
     root = ET.fromstring(xml_text)

@@ -16,8 +16,8 @@ description:
   - "Host side: addresses of any family (link-local included) on the parallel bridge, its
     ports and the uplink; the per-interface sysctls that keep the host out of L3 on them;
     the nftables C(bridge) table with its chains, counters and port set (counter values are
-    returned); libvirt guest NICs attached anywhere but the parallel bridge; QEMU processes
-    running as root."
+    returned); NICs of MV6 guests (see O(guests)) attached anywhere but the parallel bridge; QEMU
+    processes running as root."
   - "Guest side (Python standard library, C(ip), C(ss) and C(nft) only, no libvirt): addresses
     and routes of the wrong family outside loopback; listening sockets of the wrong family;
     DHCP clients of the wrong family (C(dhclient), C(dhcpcd), C(udhcpc), systemd-networkd
@@ -68,6 +68,18 @@ options:
     description: Whether to inspect libvirt domains (O(scope=host)).
     type: bool
     default: true
+  guests:
+    description:
+      - Names of domains that are MV6 guests of this host even without the MV6 metadata
+        element (for example the plan's guests of this host), O(scope=host).
+      - Only MV6 guests are checked for NICs outside the parallel bridge: domains whose XML
+        carries C(<mv6:guest xmlns:mv6="https://mv6.invalid/transition">) (roles/guest writes
+        it) and domains named here. Other domains on the host are listed in
+        C(facts.other_domains) and not judged. QEMU processes running as root are reported
+        whatever domain they belong to.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description:
@@ -129,7 +141,10 @@ counters:
   type: dict
   sample: {"drop_ethertype": {"packets": 5, "bytes": 300}}
 facts:
-  description: The raw findings the checks ran on (addresses, sysctls, ports, domains, ...).
+  description:
+    - The raw findings the checks ran on (addresses, sysctls, ports, domains, ...).
+    - With O(scope=host), C(domains) holds the NICs of the MV6 guests that were checked and
+      C(other_domains) the names of the host's other libvirt domains, which were not.
   returned: always
   type: dict
 """
@@ -181,14 +196,16 @@ def processes():
     return procs
 
 
-def libvirt_domains(module, uri):
+def libvirt_domains(module, uri, guests):
+    """``({name: nics})`` of the MV6 guests among the host's domains, the other domains'
+    names, and a problem (or None)."""
     virsh = module.get_bin_path("virsh")
     if virsh is None:
-        return None, "virsh is not installed"
+        return None, [], "virsh is not installed"
     rc, out, err = module.run_command([virsh, "-q", "-c", uri, "list", "--all", "--name"])
     if rc != 0:
-        return None, f"virsh list failed: {err.strip()}"
-    domains = {}
+        return None, [], f"virsh list failed: {err.strip()}"
+    xml_by_name = {}
     for name in (line.strip() for line in out.splitlines()):
         if not name:
             continue
@@ -196,11 +213,12 @@ def libvirt_domains(module, uri):
         if rc != 0:
             # A domain undefined between list and dumpxml is gone: nothing to check.
             continue
-        try:
-            domains[name] = iso.domain_interfaces(xml)
-        except ET.ParseError as exc:
-            return None, f"cannot parse the XML of domain {name}: {exc}"
-    return domains, None
+        xml_by_name[name] = xml
+    try:
+        domains, others = iso.select_mv6_domains(xml_by_name, guests)
+    except ET.ParseError as exc:
+        return None, [], f"cannot parse the XML of a domain: {exc}"
+    return domains, others, None
 
 
 def host_checks(module, params):
@@ -242,9 +260,11 @@ def host_checks(module, params):
         guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
         violations += iso.check_host_guard(guard_json, table)
 
-    domains = None
+    domains, other_domains = None, []
     if params["check_domains"]:
-        domains, problem = libvirt_domains(module, params["libvirt_uri"])
+        domains, other_domains, problem = libvirt_domains(
+            module, params["libvirt_uri"], params["guests"]
+        )
         if problem:
             violations.append(iso.violation("guest_nic", params["libvirt_uri"], problem))
         else:
@@ -272,6 +292,7 @@ def host_checks(module, params):
         "nft_table_present": table_json is not None,
         "host_guard_present": guard_json is not None,
         "domains": domains,
+        "other_domains": other_domains,
         "qemu_processes": [{"pid": p["pid"], "uid": p["uid"], "comm": p["comm"]} for p in qemu],
     }
     return violations, facts, counters
@@ -348,6 +369,7 @@ def main():
             "host_guard": {"type": "bool", "default": True},
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},
             "check_domains": {"type": "bool", "default": True},
+            "guests": {"type": "list", "elements": "str", "default": []},
         },
         required_if=[("scope", "host", ["bridge"])],
         supports_check_mode=True,

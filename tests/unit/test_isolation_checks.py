@@ -315,3 +315,68 @@ def test_guest_nft():
     assert [v["reason"] for v in iso.check_guest_nft(None, "ipv6")] == [
         "nftables table inet mv6_guest is missing"
     ]
+
+
+# `virsh dumpxml` of an MV6 guest as roles/guest defines it (metadata trimmed to two fields).
+MV6_DOMAIN_XML = """<domain type='qemu'><name>web6</name>
+<metadata><mv6:guest xmlns:mv6="https://mv6.invalid/transition">
+<mv6:hypervisor>localhost</mv6:hypervisor><mv6:port>mv6p0</mv6:port></mv6:guest></metadata>
+<devices><interface type='network'><mac address='52:54:00:00:00:02'/>
+<source network='default'/></interface></devices></domain>"""
+
+# An unrelated VM on the same host (another tool's test domain): no MV6 metadata.
+OTHER_DOMAIN_XML = """<domain type='qemu'><name>t-other</name>
+<metadata><x:app xmlns:x="https://example.invalid/other"/></metadata>
+<devices><interface type='network'><mac address='52:54:00:00:00:09'/>
+<source network='default'/></interface></devices></domain>"""
+
+
+def test_only_mv6_domains_are_checked():
+    assert iso.is_mv6_domain(MV6_DOMAIN_XML)
+    assert not iso.is_mv6_domain(OTHER_DOMAIN_XML)
+    assert not iso.is_mv6_domain(DOMAIN_XML)
+    selected, others = iso.select_mv6_domains(
+        {"web6": MV6_DOMAIN_XML, "t-other": OTHER_DOMAIN_XML, "plain": DOMAIN_XML}
+    )
+    assert sorted(selected) == ["web6"] and others == ["plain", "t-other"]
+    # The unrelated domains' NICs on `default` are not reported; the MV6 guest's is.
+    assert [v["object"] for v in iso.check_domain_interfaces(selected, "mv6br0")] == [
+        "web6 52:54:00:00:00:02"
+    ]
+
+
+def test_planned_guest_without_metadata_is_checked():
+    selected, others = iso.select_mv6_domains(
+        {"plain": DOMAIN_XML, "t-other": OTHER_DOMAIN_XML}, guests=["plain"]
+    )
+    assert sorted(selected) == ["plain"] and others == ["t-other"]
+    assert [v["object"] for v in iso.check_domain_interfaces(selected, "mv6br0")] == [
+        "plain 52:54:00:00:00:02"
+    ]
+
+
+# `ss -H -lnptu` in an IPv6-only lab guest before the resolved drop-in (Debian 12, systemd 252):
+# LLMNR on both wildcard addresses, the stub resolver on IPv4 loopback.
+SS_RESOLVED = """udp UNCONN 0 0 127.0.0.54:53 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=20))
+udp UNCONN 0 0 127.0.0.53%lo:53 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=18))
+udp UNCONN 0 0 0.0.0.0:5355 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=11))
+udp UNCONN 0 0 [::]:5355 [::]:* users:(("systemd-resolve",pid=301,fd=13))
+tcp LISTEN 0 4096 127.0.0.54:53 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=21))
+tcp LISTEN 0 4096 127.0.0.53%lo:53 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=19))
+tcp LISTEN 0 4096 0.0.0.0:5355 0.0.0.0:* users:(("systemd-resolve",pid=301,fd=12))
+tcp LISTEN 0 4096 [::]:5355 [::]:* users:(("systemd-resolve",pid=301,fd=14))
+tcp LISTEN 0 4096 [::1]:631 [::]:* users:(("cupsd",pid=400,fd=7))
+"""
+
+
+@pytest.mark.parametrize(
+    ("family", "objects"),
+    [
+        # Loopback of the wrong family (127.0.0.53/54, ::1) is allowed: every Linux has it.
+        ("ipv6", ["udp 0.0.0.0:5355", "tcp 0.0.0.0:5355"]),
+        ("ipv4", ["udp [::]:5355", "tcp [::]:5355"]),
+    ],
+)
+def test_resolved_llmnr_is_reported_loopback_is_not(family, objects):
+    found = iso.check_listeners(iso.parse_ss(SS_RESOLVED), family)
+    assert [v["object"] for v in found] == objects
