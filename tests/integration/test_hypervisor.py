@@ -677,3 +677,55 @@ def test_check_mode_on_fresh_host_changes_nothing(tmp_path):
         for family in ("bridge", "inet"):
             sh("nft", "delete", "table", family, "t_hv_chk", check=False)
         Path("/etc/sysctl.d/60-mv6-t-hvbr7.conf").unlink(missing_ok=True)
+
+
+def test_removal_tolerates_vanished_objects(tmp_path):
+    """state=absent after the uplink (and then everything else) is already gone succeeds,
+    and a second removal changes nothing. Before the fix, restoring the uplink's recorded
+    sysctls ran `sysctl -w` on a missing interface and failed the teardown."""
+    playbook = tmp_path / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    bridge, uplink, table = "t-hvbr9", "t-hvu9", "t_hv_rm"
+    guest = {"released": False, "mac": "02:6d:76:00:09:01", "address": "2001:db8:6:9::10"}
+    extra = {
+        "mv6_native_family": "ipv4",
+        "mv6_parallel": {"bridge": bridge, "uplink": uplink},
+        "mv6_plan": {
+            "parallel_family": "ipv6",
+            "hosts": {"localhost": {"guests": {"t-hv-9g": {**guest, "port": "t-hv9p0"}}}},
+        },
+        "mv6_hypervisor_nft_table": table,
+        "mv6_hypervisor_nft_file": str(tmp_path / f"{table}.nft"),
+        "mv6_hypervisor_accel": "tcg",
+        "mv6_hypervisor_install_packages": False,
+        "mv6_hypervisor_persist": "none",
+        "mv6_hypervisor_port_pattern": "t-hv9p*",
+    }
+    record = Path(f"/var/lib/mv6/uplink-{uplink}.sysctl")
+    lab = NetnsLab()
+    try:
+        lab.add_ns("t-hv-rm")
+        lab.add_veth(uplink, "t-hvu9x", "t-hv-rm", "u0", "02:6d:76:00:09:0f")
+        up = run_playbook(playbook, extra)
+        assert up["rc"] == 0, json.dumps(up)[-3000:]
+        assert record.is_file()
+        # The uplink disappears before the teardown (a NIC removed, a lab taken down).
+        sh("ip", "link", "del", uplink)
+        absent = {**extra, "mv6_hypervisor_state": "absent"}
+        first = run_playbook(playbook, absent)
+        assert first["rc"] == 0, json.dumps(first)[-3000:]
+        assert sh("ip", "link", "show", bridge, check=False).returncode != 0
+        for family in ("bridge", "inet"):
+            assert sh("nft", "list", "table", family, table, check=False).returncode != 0
+        assert not record.exists()
+        # Everything is gone now: removing again is a no-op.
+        second = run_playbook(playbook, absent)
+        assert second["rc"] == 0, json.dumps(second)[-3000:]
+        assert changed_tasks(second) == []
+    finally:
+        lab.cleanup()
+        sh("ip", "link", "del", bridge, check=False)
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, table, check=False)
+        Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
