@@ -379,3 +379,19 @@ def test_absent_removes_the_guest_and_keeps_the_golden_image(lab):
     assert oct(Path(lab["image"]["path"]).stat().st_mode & 0o777) == "0o444"
     rc, out, recap = run(lab, [dict(GUEST_ITEM, state="absent")])
     assert rc == 0 and recap["changed"] == 0, out[-4000:]
+
+
+def test_other_tags_skip_the_role(tmp_path):
+    """`site.yml --tags mv6_plan` (a run limited to another piece) skips roles/guest. Before
+    the fix, two `always` tasks read __guest_list, which only preflight sets, and failed."""
+    (tmp_path / "site.yml").write_text(SITE)
+    extra = {
+        "mv6_parallel": {"bridge": "t-gstbr9"},
+        "mv6_guest_state_dir": str(tmp_path / "guests"),
+        "mv6_guests": [{"name": "t-gst-tag"}],
+        "mv6_plan": {"parallel_family": "ipv6", "hosts": {"localhost": {"guests": {}}}},
+    }
+    rc, out, recap = playbook(tmp_path, extra, "--tags", "mv6_plan", timeout=120)
+    assert rc == 0, out[-3000:]
+    assert recap.get("failed") == 0 and recap.get("changed") == 0, out[-3000:]
+    assert not (tmp_path / "guests").exists()
