@@ -72,11 +72,11 @@ options:
     description:
       - Names of domains that are MV6 guests of this host even without the MV6 metadata
         element (for example the plan's guests of this host), O(scope=host).
-      - Only MV6 guests are checked for NICs outside the parallel bridge: domains whose XML
+      - 'Only MV6 guests are checked for NICs outside the parallel bridge: domains whose XML
         carries C(<mv6:guest xmlns:mv6="https://mv6.invalid/transition">) (roles/guest writes
         it) and domains named here. Other domains on the host are listed in
         C(facts.other_domains) and not judged. QEMU processes running as root are reported
-        whatever domain they belong to.
+        whatever domain they belong to.'
     type: list
     elements: str
     default: []
