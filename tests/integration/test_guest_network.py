@@ -13,6 +13,7 @@ finalizers, also on failure.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -215,6 +216,30 @@ def ping(domain: str, dst: str) -> bool:
     return code == 0
 
 
+def wrong_family_listeners(domain: str, family: str) -> tuple[list[str], str]:
+    """Sockets listening on the wrong family outside loopback (``ss -H -lnptu`` in the guest).
+
+    ``*`` (dual-stack) is not counted, as in the audit; ``0.0.0.0``, ``[::]`` and any
+    non-loopback address of the other family are. Returns the offending lines and the output.
+    """
+    code, text = guest_sh(domain, "ss -H -lnptu")
+    assert code == 0, text
+    wrong = 4 if family == "ipv6" else 6
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        host = fields[4].rsplit(":", 1)[0].strip("[]").split("%")[0]
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if addr.version == wrong and not addr.is_loopback:
+            found.append(line)
+    return found, text
+
+
 def remove_domains(prefix: str) -> None:
     names = sh("virsh", "-q", "-c", URI, "list", "--all", "--name", check=False).stdout.split()
     for name in names:
@@ -365,13 +390,17 @@ def test_ipv6_router_and_slaac_guest(lab):
         assert code == 0
         code, host = guest_sh(name, "hostname; cat /etc/hostname")
         assert host.split() == [name, name]
+        # systemd-resolved's LLMNR/mDNS sockets (0.0.0.0:5355 before the resolved drop-in)
+        # and anything else on IPv4 outside loopback.
+        found, text = wrong_family_listeners(name, "ipv6")
+        assert found == [] and ":5355 " not in text, text
 
     # IPv4 is dropped by the guest's own table: give the NIC an IPv4 address for a moment,
     # try to reach a peer, and read the drop counter of the output chain.
     script = (
-        "dev=$(ip -o link | awk -F': ' '/02:6d:76:6a:01:02/{print $2}');"
-        ' ip addr add 198.51.100.77/24 dev "$dev"'
-        ' && (python3 -c "$1" 198.51.100.1; echo rc=$?)'
+        "dev=$(ip -o link | awk -F': ' '/02:6d:76:6a:01:02/{print $2}'); echo dev=$dev;"
+        ' ip addr add 198.51.100.77/24 dev "$dev" 2>&1'
+        ' && (python3 -c "$1" 198.51.100.1 2>&1; echo rc=$?)'
         " ; ip -4 addr flush scope global; nft list chain inet mv6_guest output"
     )
     code, text = guest_sh("t-gst-ns", script, PING, timeout=40)
@@ -429,6 +458,9 @@ def test_ipv4_guest_has_no_ipv6_at_all(lab):
     assert v6.strip() == "", f"an IPv4 guest must have no IPv6 address at all: {v6}"
     assert "198.51.100.10/24" in v4
     assert rules.strip() == "3"
+    # No listener on IPv6 ([::]:5355 from systemd-resolved before the resolved drop-in).
+    found, text = wrong_family_listeners("t-gst-n4", "ipv4")
+    assert found == [] and ":5355 " not in text, text
     # From its first frame on, the guest sent no IPv6 (no router solicitation, no MLD report),
     # while its IPv4 does reach the segment (ARP for an absent peer: the capture works).
     guest_sh("t-gst-n4", 'python3 -c "$1" 198.51.100.1', PING, timeout=30)
