@@ -8,7 +8,7 @@ Commands (argument: one JSON object):
   send    {"mac", "frames": [[kind, copies, hex]], "pace"}  -> {"sent": {kind: n}, "errors": n}
   sniff   {"mac", "run", "seconds", "ready"}                -> {"counts": {"kind.phase": n}}
   connect {"addr", "port", "timeout"}                        -> {"ok", "data" | "error"}
-  ping    {"addr", "count", "timeout"}                       -> {"replies", "error"}
+  ping    {"addr", "count", "timeout", "dev"?}               -> {"replies", "error"}
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ def ping(args: dict) -> dict:
             s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        if args.get("dev"):
+            # Bound to one link (SO_BINDTODEVICE): nothing can leave by another.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, args["dev"].encode())
     except OSError as e:
         return {"replies": 0, "error": f"{type(e).__name__}: {e}"}
     ident = os.getpid() & 0xFFFF

@@ -166,6 +166,22 @@ def up(site: dict) -> None:
                 f"add rule {adopt['nft_table']} probe iifname {nat['host_if']} counter",
             )
         _start_service(site, "host-native", None, bare(nat["host_addr"]), adopt["service_port"])
+    _wait_dad([nat["host_if"], *([par["host_if"]] if par else [])])
+
+
+def _wait_dad(devs: list[str], timeout: float = 20) -> None:
+    """Wait until the site's host-side links have no tentative address (their link-locals).
+
+    The native record is made right after ``up``: taken during duplicate address detection it
+    would carry a ``tentative`` flag that goes away by itself, and the comparison after
+    converge would report a change nobody made.
+    """
+    end = time.monotonic() + timeout
+    for dev in devs:
+        while run("ip", "-6", "addr", "show", "dev", dev, "tentative", check=False).strip():
+            if time.monotonic() > end:
+                raise TimeoutError(f"{dev}: an address is still tentative after {timeout} s")
+            time.sleep(0.2)
 
 
 # --- down ----------------------------------------------------------------------------------
