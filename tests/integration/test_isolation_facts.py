@@ -4,6 +4,7 @@ role on this host, and network namespaces acting as single-family guests."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -231,6 +232,8 @@ def test_missing_guest_table_is_reported(guests):
 
 DOMAIN_XML = """<domain type='qemu'>
   <name>t-hv-dom</name>
+  <metadata><mv6:guest xmlns:mv6="https://mv6.invalid/transition">
+    <mv6:hypervisor>localhost</mv6:hypervisor></mv6:guest></metadata>
   <memory unit='MiB'>64</memory>
   <os><type arch='x86_64'>hvm</type></os>
   <devices>
@@ -243,19 +246,32 @@ DOMAIN_XML = """<domain type='qemu'>
 """
 
 
+# An unrelated VM on the same host: same NICs, no MV6 metadata, not in the plan.
+OTHER_XML = (
+    re.sub(r"\s*<metadata>.*?</metadata>", "", DOMAIN_XML, flags=re.S)
+    .replace("t-hv-dom", "t-hv-oth")
+    .replace("02:6d:76:00:05:0", "02:6d:76:00:06:0")
+)
+
+
 def test_guest_nic_off_the_bridge_is_reported(host, tmp_path):
-    """A (defined, not started) libvirt domain with a NIC on libvirt's default network."""
-    xml = tmp_path / "dom.xml"
-    xml.write_text(DOMAIN_XML)
+    """A (defined, not started) MV6 domain with a NIC on libvirt's default network is
+    reported; an unrelated domain with the same NICs is not (only MV6 guests are judged)."""
     virsh = ("virsh", "-q", "-c", "qemu:///system")
-    sh(*virsh, "undefine", "t-hv-dom", check=False)
-    sh(*virsh, "define", str(xml))
+    for name, text in (("t-hv-dom", DOMAIN_XML), ("t-hv-oth", OTHER_XML)):
+        xml = tmp_path / f"{name}.xml"
+        xml.write_text(text)
+        sh(*virsh, "undefine", name, check=False)
+        sh(*virsh, "define", str(xml))
     try:
         result = audit()
     finally:
-        sh(*virsh, "undefine", "t-hv-dom", check=False)
-    mine = [v for v in result["violations"] if v["object"].startswith("t-hv-dom ")]
+        for name in ("t-hv-dom", "t-hv-oth"):
+            sh(*virsh, "undefine", name, check=False)
+    mine = [v for v in result["violations"] if v["object"].startswith("t-hv-")]
     assert [(v["check"], v["object"]) for v in mine] == [
         ("guest_nic", "t-hv-dom 02:6d:76:00:05:01")
     ]
     assert "default" in mine[0]["reason"]
+    assert "t-hv-oth" in result["facts"]["other_domains"]
+    assert "t-hv-oth" not in result["facts"]["domains"]
