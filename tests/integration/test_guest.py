@@ -9,7 +9,6 @@ is removed in finalizers, also on failure.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -20,66 +19,20 @@ import time
 from pathlib import Path
 
 import pytest
+from guestlib import URI, agent, golden_image, guest_run, remove_domains, sh
 
 TOP = Path(__file__).resolve().parents[2]
 BIN = TOP / ".venv" / "bin"
-URI = "qemu:///system"
 BRIDGE = "t-gstbr0"
 WORK = Path("/var/tmp/t-gst/it-guest")
 GUEST = "t-gst-a"
 TIMINGS: dict[str, float] = {}
-GOLDEN_CACHE = Path("/var/tmp/t-gst/golden")
-GOLDEN_FILES = {"path": ".qcow2", "kernel": ".vmlinuz", "initrd": ".initrd"}
 
 pytestmark = [
     pytest.mark.libvirt,
     pytest.mark.timeout(900),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (libvirt system URI, bridges)"),
 ]
-
-
-# --- helpers (also copied into test_guest_network.py, which must run on its own) ------------
-def sh(*argv: str, timeout: int = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def golden_image() -> dict | None:
-    """The golden image to test with, {path, kernel, initrd[, cmdline]}, or None.
-
-    The newest image of roles/golden_image (or MV6_TEST_GOLDEN: a .qcow2 with .vmlinuz and
-    .initrd beside it) is copied, sparse and read-only, into GOLDEN_CACHE, so another
-    engineer's teardown of /var/lib/mv6/images cannot pull it away in the middle of a run.
-    """
-    source = None
-    candidates = [os.environ.get("MV6_TEST_GOLDEN", ""), "/var/lib/mv6/images/debian12.qcow2"]
-    for path in filter(None, candidates):
-        base = path[: -len(".qcow2")]
-        files = {"path": path, "kernel": base + ".vmlinuz", "initrd": base + ".initrd"}
-        if all(Path(f).is_file() for f in files.values()):
-            source = {k: Path(v).resolve() for k, v in files.items()}
-            recipe = Path(base + ".recipe.json")
-            cmdline = json.loads(recipe.read_text()).get("cmdline") if recipe.is_file() else None
-            break
-    staged = {k: GOLDEN_CACHE / f"debian12{ext}" for k, ext in GOLDEN_FILES.items()}
-    stamp = GOLDEN_CACHE / "source.json"
-    if source is not None:
-        wanted = {"source": str(source["path"]), "cmdline": cmdline}
-        if not stamp.is_file() or json.loads(stamp.read_text()) != wanted:
-            shutil.rmtree(GOLDEN_CACHE, ignore_errors=True)
-            GOLDEN_CACHE.mkdir(parents=True)
-            for key, dest in staged.items():
-                sh("cp", "--sparse=always", str(source[key]), str(dest), timeout=300)
-                dest.chmod(0o444)
-            stamp.write_text(json.dumps(wanted))
-        for directory in (GOLDEN_CACHE.parent, GOLDEN_CACHE):
-            directory.chmod(0o755)
-    if not stamp.is_file():
-        return None
-    image = {k: str(v) for k, v in staged.items()}
-    cmdline = json.loads(stamp.read_text()).get("cmdline")
-    if cmdline:
-        image["cmdline"] = cmdline
-    return image
 
 
 def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[int, str, dict]:
@@ -118,47 +71,9 @@ def playbook(work: Path, extra: dict, *args: str, timeout: int = 600) -> tuple[i
     return proc.returncode, out, recap
 
 
-def agent(domain: str, command: dict, timeout: int = 10) -> dict:
-    proc = sh(
-        "virsh",
-        "-q",
-        "-c",
-        URI,
-        "qemu-agent-command",
-        "--timeout",
-        str(timeout),
-        domain,
-        json.dumps(command),
-        timeout=timeout + 10,
-    )
-    return json.loads(proc.stdout)["return"]
-
-
 def guest_exec(domain: str, *argv: str, timeout: int = 60) -> tuple[int, str]:
     """Run argv in the guest through its agent; return exit code and stdout."""
-    pid = agent(
-        domain,
-        {
-            "execute": "guest-exec",
-            "arguments": {"path": argv[0], "arg": list(argv[1:]), "capture-output": True},
-        },
-    )["pid"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = agent(domain, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
-        if status["exited"]:
-            out = base64.b64decode(status.get("out-data", "")).decode()
-            return status.get("exitcode", -1), out
-        time.sleep(0.3)
-    raise TimeoutError(f"{argv} did not finish in {domain} within {timeout} s")
-
-
-def remove_domains(prefix: str) -> None:
-    names = sh("virsh", "-q", "-c", URI, "list", "--all", "--name", check=False).stdout.split()
-    for name in names:
-        if name.startswith(prefix):
-            sh("virsh", "-c", URI, "destroy", name, check=False)
-            sh("virsh", "-c", URI, "undefine", name, check=False)
+    return guest_run(domain, argv[0], list(argv[1:]), timeout=timeout)
 
 
 def sha256(path: str) -> str:
