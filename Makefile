@@ -27,8 +27,8 @@ quick: lint unit
 lint: ruff ansible-lint
 
 ruff:
-	$(BIN)/ruff check plugins tests bench
-	$(BIN)/ruff format --check plugins tests bench
+	$(BIN)/ruff check plugins tests bench molecule
+	$(BIN)/ruff format --check plugins tests bench molecule
 
 ansible-lint:
 	$(BIN)/ansible-lint --offline
