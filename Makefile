@@ -51,8 +51,9 @@ sanity:
 
 molecule:
 	@for s in $(SCENARIOS); do \
-	  echo "=== molecule scenario $$s"; \
+	  echo "=== molecule scenario $$s"; start=$$SECONDS; \
 	  timeout 1500 $(BIN)/molecule test -s $$s || exit 1; \
+	  echo "=== molecule scenario $$s passed in $$((SECONDS - start)) s"; \
 	done
 
 bench:

@@ -244,6 +244,7 @@ def site(tmp_path_factory):
         sh("nft", "delete", "table", "bridge", TABLE, check=False)
         Path(f"/etc/sysctl.d/60-mv6-{BRIDGE}.conf").unlink(missing_ok=True)
         Path(f"/var/lib/mv6/uplink-{UPLINK}.sysctl").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/{TABLE}.loaded").unlink(missing_ok=True)
         state["teardown"] = teardown
         after = native_snapshot()
         assert teardown["rc"] == 0, teardown.get("stderr") or teardown
@@ -522,6 +523,38 @@ def test_ports_entry_point_fixes_a_fresh_tap(site):
     assert json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"] == []
 
 
+def live_tables() -> str:
+    """Both tables of the role as loaded now, without counter values."""
+    return "".join(
+        sh("nft", "-s", "list", "table", family, TABLE).stdout for family in ("bridge", "inet")
+    )
+
+
+def test_hand_edited_table_is_reloaded(site):
+    """A rule flushed and a port taken out of the set by hand, the file unchanged: --check
+    reports it, the next run reloads the tables as the role renders them, the run after that
+    changes nothing."""
+    playbook = site["workdir"] / "hypervisor.yml"
+    want = live_tables()
+    sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input")
+    sh("nft", "delete", "element", "bridge", TABLE, "parallel_ports", f'{{ "{PORTS[0]}" }}')
+    assert live_tables() != want
+    check = run_playbook(playbook, site["extra"], check=True)
+    assert check["rc"] == 0, json.dumps(check)[-3000:]
+    assert changed_tasks(check) == [
+        "mv6.transition.hypervisor : Report that the tables would be reloaded (check mode)"
+    ]
+    assert live_tables() != want, "check mode reloaded the table"
+    repair = run_playbook(playbook, site["extra"])
+    assert repair["rc"] == 0, json.dumps(repair)[-3000:]
+    assert changed_tasks(repair) == [
+        "mv6.transition.hypervisor : Load the isolation table(s) (one atomic transaction)"
+    ]
+    assert live_tables() == want
+    again = run_playbook(playbook, site["extra"])
+    assert again["rc"] == 0 and changed_tasks(again) == [], json.dumps(again)[-3000:]
+
+
 # ---------------------------------------------------------------- IPv4 parallel network
 
 V4 = {
@@ -612,6 +645,7 @@ def site_v4(tmp_path_factory):
         for family in ("bridge", "inet"):
             sh("nft", "delete", "table", family, V4["table"], check=False)
         Path(f"/etc/sysctl.d/60-mv6-{V4['bridge']}.conf").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/{V4['table']}.loaded").unlink(missing_ok=True)
 
 
 def inject4(state: dict, kind: str, check: bool = True):
@@ -685,6 +719,7 @@ def test_check_mode_on_fresh_host_changes_nothing(tmp_path):
         for family in ("bridge", "inet"):
             sh("nft", "delete", "table", family, "t_hv_chk", check=False)
         Path("/etc/sysctl.d/60-mv6-t-hvbr7.conf").unlink(missing_ok=True)
+        Path("/var/lib/mv6/t_hv_chk.loaded").unlink(missing_ok=True)
 
 
 def test_removal_tolerates_vanished_objects(tmp_path):
@@ -736,4 +771,5 @@ def test_removal_tolerates_vanished_objects(tmp_path):
         for family in ("bridge", "inet"):
             sh("nft", "delete", "table", family, table, check=False)
         Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/{table}.loaded").unlink(missing_ok=True)
         record.unlink(missing_ok=True)

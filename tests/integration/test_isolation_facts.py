@@ -77,6 +77,7 @@ def host(tmp_path_factory):
         sh("ip", "link", "del", BRIDGE, check=False)
         sh("nft", "delete", "table", "bridge", TABLE, check=False)
         Path(f"/etc/sysctl.d/60-mv6-{BRIDGE}.conf").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/{TABLE}.loaded").unlink(missing_ok=True)
 
 
 def audit(**extra) -> dict:
