@@ -9,6 +9,7 @@ handles check mode, diff mode and the result. The documentation is in modules/ad
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -20,6 +21,7 @@ ARGUMENT_SPEC = {
     "plan_file": {"type": "path"},
     "prune": {"type": "bool", "default": False},
     "release_hosts": {"type": "list", "elements": "str", "default": []},
+    "lock_timeout": {"type": "int", "default": 120},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
 
@@ -100,24 +102,25 @@ class ActionModule(ActionBase):
                 native_by_host[host] = native
 
         plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars)
-        try:
-            before = _plan.read_plan_file(plan_file)
-            previous = None if before is None else _plan.parse_plan_text(before, plan_file)
-            plan = _plan.build_plan(
-                site["mv6_native_family"][1],
-                site["mv6_parallel"][1],
-                guests_by_host,
-                previous,
-                prune=args["prune"],
-                release_hosts=args["release_hosts"],
-                native_by_host=native_by_host,
+        if args["lock_timeout"] < 0:
+            raise AnsibleActionFail(
+                f"lock_timeout: must be 0 or more seconds, got {args['lock_timeout']}"
             )
-            after = _plan.dump_plan(plan)
-            changed = after != before
-            if changed and not self._task.check_mode:
-                _plan.write_plan_file(plan_file, after)
+        # Check mode reads a file that is only ever replaced by rename: no lock needed, and
+        # no lock file is created.
+        lock = (
+            contextlib.nullcontext()
+            if self._task.check_mode
+            else _plan.locked_plan_file(plan_file, args["lock_timeout"])
+        )
+        try:
+            with lock:
+                before, after, plan = self._plan(
+                    site, guests_by_host, native_by_host, plan_file, args
+                )
         except ValueError as e:
             raise AnsibleActionFail(str(e)) from e
+        changed = after != before
 
         result.update(changed=changed, plan=plan, plan_file=plan_file)
         result["ansible_facts"] = {"mv6_plan": plan}
@@ -129,6 +132,24 @@ class ActionModule(ActionBase):
                 "after_header": plan_file,
             }
         return result
+
+    def _plan(self, site, guests_by_host, native_by_host, plan_file, args):
+        """Read the plan file, build the plan, write it when it changed (not in check mode)."""
+        before = _plan.read_plan_file(plan_file)
+        previous = None if before is None else _plan.parse_plan_text(before, plan_file)
+        plan = _plan.build_plan(
+            site["mv6_native_family"][1],
+            site["mv6_parallel"][1],
+            guests_by_host,
+            previous,
+            prune=args["prune"],
+            release_hosts=args["release_hosts"],
+            native_by_host=native_by_host,
+        )
+        after = _plan.dump_plan(plan)
+        if after != before and not self._task.check_mode:
+            _plan.write_plan_file(plan_file, after)
+        return before, after, plan
 
     @staticmethod
     def _host_var(hv, host: str, name: str):

@@ -14,11 +14,14 @@ name of the offending variable. docs/planner.md explains the rules.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import os
 import re
 import socket
 import tempfile
+import time
 from operator import itemgetter
 
 try:
@@ -1143,6 +1146,39 @@ def parse_plan_text(text: str, path: str) -> dict | None:
         raise ValueError(
             f"mv6_plan_file: {path} is corrupt ({e}); it was kept unchanged, fix it or move it away"
         ) from None
+
+
+@contextlib.contextmanager
+def locked_plan_file(path: str, timeout: float):
+    """Hold an exclusive lock on ``<path>.lock`` while the plan is read, built and written.
+
+    Two runs that plan at the same time (two AWX jobs, two terminals) would otherwise both read
+    the old plan and the second write would drop the first one's new allocations. flock(2) is
+    released by the kernel when the holder dies, so a killed run never leaves a stale lock.
+    """
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ValueError(
+            f"mv6_plan_file: cannot open the lock file {lock} ({e.strerror}); nothing was written"
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ValueError(
+                        f"mv6_plan_file: another run has held {lock} for more than {timeout:g} s "
+                        f"(lock_timeout); nothing was written"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_plan_file(path: str) -> str | None:

@@ -50,6 +50,16 @@ options:
     type: list
     elements: str
     default: []
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that is planning with the same plan file.
+      - A run holds an exclusive lock on C(<plan_file>.lock) (flock) while it reads, plans and
+        writes, so two runs at the same time (two AWX jobs, two terminals) never drop each
+        other's allocations. The lock goes with the process that holds it; a killed run
+        leaves no stale lock.
+      - After the timeout the task fails and writes nothing. Check mode takes no lock.
+    type: int
+    default: 120
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow

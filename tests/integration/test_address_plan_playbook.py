@@ -5,15 +5,21 @@ Every test builds its own inventory in a temporary directory; nothing outside it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
+from ansible_collections.mv6.transition.plugins.module_utils import _plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -237,3 +243,94 @@ def test_site_values_must_agree_between_hosts(site):
         "site-wide value (set it in group_vars)"
     )
     assert not (site / "mv6_plan.yml").exists()
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process pid or one of its descendants has path open."""
+    pids, seen = [pid], set()
+    while pids:
+        p = pids.pop()
+        seen.add(p)
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{p}/fd/{fd}") == str(path):
+                        return True
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split() if int(c) not in seen]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
+
+
+def _add_host(inv: Path, host: str, guests: list) -> None:
+    hosts = yaml.safe_load((inv / "hosts.yml").read_text())
+    hosts["all"]["children"]["mv6_hypervisors"]["hosts"][host] = None
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    write_vars(inv / "host_vars" / f"{host}.yml", {"mv6_guests": guests})
+
+
+def test_a_second_run_waits_for_the_first_and_keeps_its_allocations(site):
+    """Two runs planning at once: the second waits on the lock, then plans on top of what the
+    first wrote. Without the lock it would have read the old plan and dropped hv4."""
+    play(site)
+    plan_file = site / "mv6_plan.yml"
+    lock_path = Path(f"{plan_file}.lock")
+    # "The first run": holds the lock, has read the plan, and adds hv4 (planner core).
+    previous = _plan.parse_plan_text(plan_file.read_text(), str(plan_file))
+    _add_host(site, "hv3", [{"name": "db6"}])
+    playbook = site.parent / "plan.yml"
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"
+    )
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = subprocess.Popen(
+            [str(BIN / "ansible-playbook"), "-i", str(site / "hosts.yml"), str(playbook),
+             "--limit", "hv3"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not _holds_open(second.pid, lock_path):
+                assert second.poll() is None, second.communicate()
+                assert time.monotonic() < deadline, "the second run never reached the lock"
+                time.sleep(0.1)
+            time.sleep(1.0)
+            assert second.poll() is None, "the second run did not wait for the lock"
+            plan = _plan.build_plan(
+                "ipv4",
+                {"prefix": "2001:db8:600::/48", "dns": ["2001:db8::53"]},
+                {"hv4": [{"name": "cache6"}]},
+                previous,
+            )
+            _plan.write_plan_file(str(plan_file), _plan.dump_plan(plan))
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        out, err = second.communicate(timeout=240)
+    assert second.returncode == 0, out[-3000:] + err[-3000:]
+    final = yaml.safe_load(plan_file.read_text())
+    assert sorted(final["hosts"]) == ["hv1", "hv2", "hv3", "hv4"]
+    assert final["hosts"]["hv4"] == plan["hosts"]["hv4"]
+    for host in ("hv1", "hv2"):
+        assert final["hosts"][host] == previous["hosts"][host]
+
+
+def test_lock_held_too_long_fails_and_writes_nothing(site):
+    play(site)
+    plan_file = site / "mv6_plan.yml"
+    text = plan_file.read_text()
+    _add_host(site, "hv3", [{"name": "db6"}])
+    with open(f"{plan_file}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (result,) = play(site, args="{lock_timeout: 1}", expect_rc=2).values()
+    assert result["msg"] == (
+        f"mv6_plan_file: another run has held {plan_file}.lock for more than 1 s "
+        "(lock_timeout); nothing was written"
+    )
+    assert plan_file.read_text() == text
+    (result,) = play(site, args="{lock_timeout: -1}", expect_rc=2).values()
+    assert result["msg"] == "lock_timeout: must be 0 or more seconds, got -1"
+    assert plan_file.read_text() == text
