@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -380,11 +381,15 @@ def test_layers_in_use_are_not_touched(lab):
         stderr=subprocess.DEVNULL,
     )
     try:
+        # Wait for QEMU's OFD locks on the file to show in /proc/locks. Probing with a locking
+        # qemu-img would race the holder's own open: either could then fail on the other's lock.
+        inode = re.compile(rf"^\d+: OFDLCK .* [0-9a-f]+:[0-9a-f]+:{session.stat().st_ino} ", re.M)
         deadline = time.monotonic() + 30
-        while sh("qemu-img", "info", session, check=False).returncode == 0:
+        while not inode.search(Path("/proc/locks").read_text()):
             assert holder.poll() is None, f"qemu-io exited early (rc={holder.returncode})"
             assert time.monotonic() < deadline, "qemu-io did not take the image lock in 30 s"
             time.sleep(0.2)
+        assert sh("qemu-img", "info", session, check=False).returncode != 0, "image not locked"
         for op in ("discard", "commit"):
             res = lab.disk("t-img-u", op=op)
             assert res["failed"], op
