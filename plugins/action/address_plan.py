@@ -115,7 +115,7 @@ class ActionModule(ActionBase):
         )
         try:
             with lock:
-                before, after, plan = self._plan(
+                before, after, plan = self._read_build_write(
                     site, guests_by_host, native_by_host, plan_file, args
                 )
         except ValueError as e:
@@ -133,7 +133,7 @@ class ActionModule(ActionBase):
             }
         return result
 
-    def _plan(self, site, guests_by_host, native_by_host, plan_file, args):
+    def _read_build_write(self, site, guests_by_host, native_by_host, plan_file, args):
         """Read the plan file, build the plan, write it when it changed (not in check mode)."""
         before = _plan.read_plan_file(plan_file)
         previous = None if before is None else _plan.parse_plan_text(before, plan_file)
