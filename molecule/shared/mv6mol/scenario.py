@@ -113,20 +113,25 @@ def load() -> Scenario:
     return Scenario(site=site, plan=plan, hypervisor=hv, guests=guests)
 
 
-def assert_planned(native_family: str, parallel_family: str) -> None:
-    """The collection planned this scenario's directions: two guests in the parallel subnet,
-    the parallel peer is the gateway and no guest's address, the native peer the other family."""
+def assert_planned(
+    native_family: str, parallel_family: str, guests: int = 2, parallel_peer: bool = True
+) -> Scenario:
+    """The collection planned this scenario's directions: ``guests`` guests in the parallel
+    subnet, the native peer of the other family and, with ``parallel_peer``, the parallel peer
+    as the gateway and no guest's address. Returns the scenario for further checks."""
     scn = load()
     assert scn.plan["native_family"] == native_family
     assert scn.plan["parallel_family"] == parallel_family
     assert scn.site["native_family"] == native_family
-    assert len(scn.guests) == 2, [g.name for g in scn.guests]
+    assert len(scn.guests) == guests, [g.name for g in scn.guests]
     subnet = ipaddress.ip_network(scn.subnet)
     for g in scn.guests:
         assert ipaddress.ip_address(g.address) in subnet, (g.name, g.address, subnet)
     native_peer = ipaddress.ip_address(bare(scn.native["peer_addr"]))
     assert native_peer.version != subnet.version, "the native peer must be of the other family"
-    peer = ipaddress.ip_address(bare(scn.peer["peer_addr"]))
-    assert peer in subnet, f"the parallel peer {peer} is outside {subnet}"
-    assert str(peer) == scn.plan["hosts"][scn.hypervisor]["gateway"], "the peer is the gateway"
-    assert str(peer) not in {g.address for g in scn.guests}, "a guest got the peer's address"
+    if parallel_peer:
+        peer = ipaddress.ip_address(bare(scn.peer["peer_addr"]))
+        assert peer in subnet, f"the parallel peer {peer} is outside {subnet}"
+        assert str(peer) == scn.plan["hosts"][scn.hypervisor]["gateway"], "the peer is the gateway"
+        assert str(peer) not in {g.address for g in scn.guests}, "a guest got the peer's address"
+    return scn
