@@ -79,15 +79,7 @@ class Scenario:
         return str(candidate)
 
     def netns_rawnet(self, ns: str, command: str, arg: dict, timeout: float = 120) -> dict:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, NETNS_PYTHON, str(RAWNET_PATH), command, json.dumps(arg)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert proc.returncode == 0, f"rawnet {command} in {ns}: {proc.stderr}"
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return rawnet(command, arg, ns=ns, timeout=timeout)
 
 
 def load() -> Scenario:
@@ -111,6 +103,17 @@ def load() -> Scenario:
         if not g.get("released")
     ]
     return Scenario(site=site, plan=plan, hypervisor=hv, guests=guests)
+
+
+def rawnet(command: str, arg: dict, ns: str | None = None, timeout: float = 120) -> dict:
+    """Run a rawnet command in namespace ``ns`` (or on the host itself) and return its JSON."""
+    argv = [NETNS_PYTHON, str(RAWNET_PATH), command, json.dumps(arg)]
+    if ns:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    where = f"in {ns}" if ns else "on the host"
+    assert proc.returncode == 0, f"rawnet {command} {where}: {proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def assert_planned(

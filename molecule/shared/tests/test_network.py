@@ -20,7 +20,7 @@ from mv6mol import frames as F
 from mv6mol import nft
 from mv6mol.agent import Guest
 from mv6mol.capture import Capture, capturing, sources
-from mv6mol.scenario import NETNS_PYTHON, RAWNET_PATH, Scenario, load
+from mv6mol.scenario import NETNS_PYTHON, Scenario, load, rawnet
 from mv6mol.site import bare, ephemeral_dir, native_snapshot, run
 
 # "at least 1,000 of each" kind of bad frame, from each side.
@@ -387,15 +387,7 @@ def test_host_cannot_reach_the_guests(scn: Scenario, guests: dict[str, Guest]) -
 
 def host_rawnet(command: str, arg: dict, timeout: float = 60) -> dict:
     """rawnet on the host itself (outside any namespace)."""
-    proc = subprocess.run(
-        [NETNS_PYTHON, str(RAWNET_PATH), command, json.dumps(arg)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, f"rawnet {command} on the host: {proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return rawnet(command, arg, timeout=timeout)
 
 
 def test_injected_frames_are_well_formed(scn: Scenario) -> None:
