@@ -316,6 +316,27 @@ def check_qemu_processes(processes: list[dict]) -> list[dict]:
     ]
 
 
+def check_capabilities_cache(before: dict, after: dict, uri: str) -> list[dict]:
+    """*before*/*after*: ``{file: [mtime_ns, size, inode]}`` of libvirt's QEMU capabilities
+    cache, read after one lookup and after a second one. A file that changed between two
+    lookups in a row means libvirt probes QEMU again at every define and start."""
+    rewritten = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    if not rewritten:
+        return []
+    return [
+        violation(
+            "libvirt_reprobe",
+            uri,
+            "libvirt rewrote its QEMU capabilities cache between two lookups in a row ("
+            + ", ".join(rewritten)
+            + "): it probes QEMU again on every define and start. On a host without udev,"
+            " check that the QEMU user can open /dev/kvm (docs/hypervisor.md)",
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- guest side
 
 

@@ -15,11 +15,17 @@ two reads of an unchanged host give equal states.
 from __future__ import annotations
 
 import fnmatch
+import grp
 import json
 import os
+import pwd
+import stat
 
 STATE_VERSION = 1
-SECTIONS = ("links", "addresses", "routes", "rules", "ruleset", "sysctls")
+SECTIONS = ("links", "addresses", "routes", "rules", "ruleset", "sysctls", "devices")
+# Device nodes whose owner, group and mode are part of the native state: roles/hypervisor
+# may give /dev/kvm the udev rule's group and mode on a host without udev, and restores it.
+DEVICES = ("/dev/kvm",)
 
 # Fields that change without anyone changing the host's configuration.
 VOLATILE_KEYS = frozenset(
@@ -182,6 +188,37 @@ def read_sysctls(root: str = "/proc/sys", subtrees=("net/ipv4", "net/ipv6")) -> 
     return values
 
 
+def _name(lookup, number: int) -> str:
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def read_devices(paths=DEVICES) -> dict:
+    """Owner, group, mode and kind of each device node that exists, by path."""
+    values: dict = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        kind = (
+            "char"
+            if stat.S_ISCHR(info.st_mode)
+            else "block"
+            if stat.S_ISBLK(info.st_mode)
+            else "other"
+        )
+        values[path] = {
+            "kind": kind,
+            "owner": _name(pwd.getpwuid, info.st_uid),
+            "group": _name(grp.getgrgid, info.st_gid),
+            "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        }
+    return values
+
+
 def sysctl_interface(key: str) -> str | None:
     """The interface a sysctl key belongs to (``net.ipv6.conf.eth0.x`` -> ``eth0``)."""
     parts = key.split(".")
@@ -218,6 +255,8 @@ def build_state(
     sysctls: dict,
     exclude_interfaces=(),
     exclude_tables=(),
+    devices: dict | None = None,
+    exclude_devices=(),
 ) -> dict:
     """Assemble a state from the raw reads; ``ip_routes``/``ip_rules`` map family -> JSON."""
     links, addresses = links_and_addresses(ip_addr)
@@ -230,9 +269,13 @@ def build_state(
         "rules": {k: v for fam, rs in sorted(ip_rules.items()) for k, v in rules(fam, rs).items()},
         "ruleset": ruleset(nft or {}, exclude_tables),
         "sysctls": dict(sysctls),
+        "devices": dict(devices or {}),
     }
     return filter_state(
-        {"version": STATE_VERSION, "sections": sections}, exclude_interfaces, exclude_tables
+        {"version": STATE_VERSION, "sections": sections},
+        exclude_interfaces,
+        exclude_tables,
+        exclude_devices,
     )
 
 
@@ -240,20 +283,28 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def filter_state(state: dict, exclude_interfaces=(), exclude_tables=()) -> dict:
-    """Drop every entry that belongs to an excluded interface or nft table."""
+def filter_state(state: dict, exclude_interfaces=(), exclude_tables=(), exclude_devices=()) -> dict:
+    """Drop every entry that belongs to an excluded interface, nft table or device.
+
+    A section the state does not have (a record written before the section existed) stays
+    absent, so that comparing with it skips that section instead of reporting it added.
+    """
     if state.get("version") != STATE_VERSION:
         raise ValueError(
             f"native state: unsupported version {state.get('version')!r}, expected {STATE_VERSION}"
         )
     sections = {}
     for section in SECTIONS:
-        entries = state["sections"].get(section, {})
+        if section not in state["sections"]:
+            continue
+        entries = state["sections"][section]
         kept = {}
         for key, value in entries.items():
             if _matches_any_interface(section, key, value, exclude_interfaces):
                 continue
             if section == "ruleset" and _matches(" ".join(key.split(" ")[:2]), exclude_tables):
+                continue
+            if section == "devices" and _matches(key, exclude_devices):
                 continue
             kept[key] = value
         sections[section] = kept
@@ -280,8 +331,10 @@ def diff_states(before: dict, after: dict) -> list[str]:
     gone = old_links.keys() - new_links.keys()
     came = new_links.keys() - old_links.keys()
     for section in SECTIONS:
-        old = before["sections"].get(section, {})
-        new = after["sections"].get(section, {})
+        if section not in before["sections"] or section not in after["sections"]:
+            continue
+        old = before["sections"][section]
+        new = after["sections"][section]
         for verb, keys, links in (
             ("removed", old.keys() - new.keys(), gone),
             ("added", new.keys() - old.keys(), came),

@@ -68,6 +68,13 @@ options:
     description: Whether to inspect libvirt domains (O(scope=host)).
     type: bool
     default: true
+  capabilities_cache:
+    description:
+      - libvirt's QEMU capabilities cache directory (O(scope=host), with O(check_domains)).
+        The module asks libvirt for the domain capabilities twice and reports
+        C(libvirt_reprobe) when a file there changed in between.
+    type: path
+    default: /var/cache/libvirt/qemu/capabilities
   guests:
     description:
       - Names of domains that are MV6 guests of this host even without the MV6 metadata
@@ -144,7 +151,9 @@ facts:
   description:
     - The raw findings the checks ran on (addresses, sysctls, ports, domains, ...).
     - With O(scope=host), C(domains) holds the NICs of the MV6 guests that were checked and
-      C(other_domains) the names of the host's other libvirt domains, which were not.
+      C(other_domains) the names of the host's other libvirt domains, which were not, and
+      C(capabilities_cache) the files of libvirt's QEMU capabilities cache after the second
+      lookup (C([mtime_ns, size, inode]) by name).
   returned: always
   type: dict
 """
@@ -221,6 +230,37 @@ def libvirt_domains(module, uri, guests):
     return domains, others, None
 
 
+def capabilities_snapshot(directory):
+    """``{file: [mtime_ns, size, inode]}`` of the XML files in *directory*."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.xml"))):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        found[os.path.basename(path)] = [info.st_mtime_ns, info.st_size, info.st_ino]
+    return found
+
+
+def capabilities_reprobe(module, uri, directory):
+    """Two capability lookups in a row; violations when libvirt re-probed QEMU for the
+    second, plus the two snapshots. The first lookup may refresh a stale cache once."""
+    virsh = module.get_bin_path("virsh")
+    if virsh is None:
+        return [], {}
+    snapshots = []
+    for _ in range(2):
+        rc, _out, err = module.run_command([virsh, "-q", "-c", uri, "domcapabilities"])
+        if rc != 0:
+            return [
+                iso.violation(
+                    "libvirt_reprobe", uri, f"virsh domcapabilities failed: {err.strip()}"
+                )
+            ], {}
+        snapshots.append(capabilities_snapshot(directory))
+    return iso.check_capabilities_cache(snapshots[0], snapshots[1], uri), snapshots[1]
+
+
 def host_checks(module, params):
     family = params["parallel_family"]
     bridge = params["bridge"]
@@ -260,7 +300,7 @@ def host_checks(module, params):
         guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
         violations += iso.check_host_guard(guard_json, table)
 
-    domains, other_domains = None, []
+    domains, other_domains, caps_cache = None, [], None
     if params["check_domains"]:
         domains, other_domains, problem = libvirt_domains(
             module, params["libvirt_uri"], params["guests"]
@@ -269,6 +309,10 @@ def host_checks(module, params):
             violations.append(iso.violation("guest_nic", params["libvirt_uri"], problem))
         else:
             violations += iso.check_domain_interfaces(domains, bridge, actual_ports)
+        reprobe, caps_cache = capabilities_reprobe(
+            module, params["libvirt_uri"], params["capabilities_cache"]
+        )
+        violations += reprobe
 
     qemu = [p for p in processes() if iso.QEMU_NAMES.match(p["comm"])]
     violations += iso.check_qemu_processes(qemu)
@@ -293,6 +337,7 @@ def host_checks(module, params):
         "host_guard_present": guard_json is not None,
         "domains": domains,
         "other_domains": other_domains,
+        "capabilities_cache": caps_cache,
         "qemu_processes": [{"pid": p["pid"], "uid": p["uid"], "comm": p["comm"]} for p in qemu],
     }
     return violations, facts, counters
@@ -370,6 +415,10 @@ def main():
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},
             "check_domains": {"type": "bool", "default": True},
             "guests": {"type": "list", "elements": "str", "default": []},
+            "capabilities_cache": {
+                "type": "path",
+                "default": "/var/cache/libvirt/qemu/capabilities",
+            },
         },
         required_if=[("scope", "host", ["bridge"])],
         supports_check_mode=True,

@@ -13,8 +13,9 @@ description:
   - Reads the host's native network state and either records it to a JSON file on the host
     or compares it with a recorded one and says how it differs.
   - The state is the interfaces and their addresses (C(ip -j addr)), the IPv4 and IPv6 routes
-    of every table, the policy-routing rules, the nftables ruleset (C(nft -j list ruleset))
-    and the sysctls below C(net.ipv4) and C(net.ipv6).
+    of every table, the policy-routing rules, the nftables ruleset (C(nft -j list ruleset)),
+    the sysctls below C(net.ipv4) and C(net.ipv6), and the owner, group and mode of the
+    device nodes in O(devices).
   - Volatile fields (lifetimes, counters, interface indices, rule handles, route cache data)
     are dropped, so an unchanged host reads the same every time.
   - Everything MV6 owns is left out, so that the record describes the native host only
@@ -76,6 +77,21 @@ options:
     type: list
     elements: str
     default: [bridge mv6_isolation, inet mv6_isolation]
+  devices:
+    description:
+      - Device nodes whose owner, group and mode are part of the state (a node that does not
+        exist is left out). C(roles/hypervisor) may change C(/dev/kvm) on a host without
+        udev and restores it at removal.
+    type: list
+    elements: path
+    default: [/dev/kvm]
+  exclude_devices:
+    description:
+      - Devices of O(devices) left out of a comparison (O(op=compare)), for example one that
+        MV6 changed on purpose while the host is adopted. Records always hold every device.
+    type: list
+    elements: path
+    default: []
 attributes:
   check_mode:
     description: >-
@@ -164,6 +180,7 @@ from ansible_collections.mv6.transition.plugins.module_utils._native import (  #
     build_state,
     diff_states,
     filter_state,
+    read_devices,
     read_sysctls,
 )
 
@@ -180,7 +197,7 @@ def _json_command(module, argv):
         module.fail_json(msg=f"{' '.join(argv)} printed no JSON: {exc}")
 
 
-def read_state(module, exclude_interfaces, exclude_tables):
+def read_state(module, exclude_interfaces, exclude_tables, devices=(), exclude_devices=()):
     ip = module.get_bin_path("ip", required=True)
     nft_bin = module.get_bin_path("nft")
     families = {"ipv4": "-4", "ipv6": "-6"}
@@ -202,6 +219,8 @@ def read_state(module, exclude_interfaces, exclude_tables):
         sysctls=read_sysctls(),
         exclude_interfaces=exclude_interfaces,
         exclude_tables=exclude_tables,
+        devices=read_devices(devices),
+        exclude_devices=exclude_devices,
     )
 
 
@@ -241,6 +260,8 @@ def main():
                 elements="str",
                 default=["bridge mv6_isolation", "inet mv6_isolation"],
             ),
+            devices=dict(type="list", elements="path", default=["/dev/kvm"]),
+            exclude_devices=dict(type="list", elements="path", default=[]),
         ),
         mutually_exclusive=[("against", "reference")],
         required_if=[("op", "compare", ("against", "reference"), True)],
@@ -257,7 +278,7 @@ def main():
 
     if p["op"] == "record":
         path = os.path.join(p["state_dir"], f"{p['label']}.json")
-        state = read_state(module, excl_ifaces, excl_tables)
+        state = read_state(module, excl_ifaces, excl_tables, p["devices"])
         old = _load(module, path)
         if old is not None and not p["overwrite"]:
             module.exit_json(changed=False, record_path=path, native_state=state, kept=True)
@@ -289,10 +310,10 @@ def main():
     all_ifaces = sorted(set(excl_ifaces) | set(ref_ifaces))
     all_tables = sorted(set(excl_tables) | set(ref_tables))
     try:
-        before = filter_state(reference, all_ifaces, all_tables)
+        before = filter_state(reference, all_ifaces, all_tables, p["exclude_devices"])
     except (KeyError, TypeError, ValueError) as exc:
         module.fail_json(msg=f"reference: not a native state: {exc}")
-    now = read_state(module, all_ifaces, all_tables)
+    now = read_state(module, all_ifaces, all_tables, p["devices"], p["exclude_devices"])
     differences = diff_states(before, now)
     module.exit_json(
         changed=False,

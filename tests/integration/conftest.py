@@ -10,6 +10,7 @@ and everything is removed in a finalizer, also when the test fails.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import subprocess
@@ -17,6 +18,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# libvirt calls on a TCG host under load: a define or start is ~0.02 s with a valid QEMU
+# capabilities cache, but a re-probe of QEMU (a cache judged stale) costs 30-40 s here.
+VIRSH_TIMEOUT = 180
+KVM = Path("/dev/kvm")
+
+
+def virsh(*argv: str, check: bool = True, timeout: float = VIRSH_TIMEOUT):
+    return sh("virsh", "-q", "-c", "qemu:///system", *argv, check=check, timeout=timeout)
+
+
+def device_mode(path: Path = KVM) -> tuple[int, int, int]:
+    """(uid, gid, permission bits) of a device node."""
+    info = path.stat()
+    return info.st_uid, info.st_gid, info.st_mode & 0o7777
+
+
+def set_device_mode(mode: tuple[int, int, int], path: Path = KVM) -> None:
+    os.chown(path, mode[0], mode[1])
+    os.chmod(path, mode[2])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kvm_device_like_udev():
+    """Without udev this machine's /dev/kvm is root:root 0600 and libvirt re-probes QEMU on
+    every call (issue: 40 s per define). The tests that do not run roles/hypervisor get
+    what the role gives a host (group kvm, 0660) for the session; the mode is put back."""
+    if not KVM.exists() or Path("/run/udev/control").exists():
+        yield
+        return
+    original = device_mode()
+    set_device_mode((0, grp.getgrnam("kvm").gr_gid, 0o660))
+    try:
+        yield
+    finally:
+        set_device_mode(original)
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:

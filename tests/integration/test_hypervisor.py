@@ -12,6 +12,7 @@ scapy from t-hv-g0 and captured with tcpdump in the other namespaces.
 
 from __future__ import annotations
 
+import grp
 import json
 import signal
 import subprocess
@@ -19,7 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NetnsLab, changed_tasks, run_playbook, sh, task_results
+from conftest import (
+    KVM,
+    NetnsLab,
+    changed_tasks,
+    device_mode,
+    run_playbook,
+    set_device_mode,
+    sh,
+    task_results,
+    virsh,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -217,7 +228,17 @@ def site(tmp_path_factory):
         "mv6_hypervisor_port_pattern": "t-hvp*",
     }
     state = {"workdir": workdir, "playbook": playbook, "extra": extra, "before": before}
+    # The KVM device as a host without udev has it (root:root 0600): the role must give it
+    # the udev rule's group and mode, and the teardown must put 0600 back. A record of an
+    # earlier real run is kept aside and put back.
+    kvm_original = device_mode() if KVM.exists() else None
+    kvm_record = Path("/var/lib/mv6/kvm-device.json")
+    kvm_record_aside = workdir / "kvm-device.json.aside"
+    if kvm_record.exists():
+        kvm_record.rename(kvm_record_aside)
     try:
+        if kvm_original is not None:
+            set_device_mode((0, 0, 0o600))
         for ns in (NS_UP, NS_G0, NS_G1):
             lab.add_ns(ns)
         lab.add_veth(UPLINK, "t-hvu0x", NS_UP, "u0", MAC["up"])
@@ -247,8 +268,18 @@ def site(tmp_path_factory):
         Path(f"/var/lib/mv6/{TABLE}.loaded").unlink(missing_ok=True)
         state["teardown"] = teardown
         after = native_snapshot()
+        kvm_after = device_mode() if kvm_original is not None else None
+        kvm_record_left = kvm_record.exists()
+        if kvm_original is not None:
+            set_device_mode(kvm_original)
+        kvm_record.unlink(missing_ok=True)
+        if kvm_record_aside.exists():
+            kvm_record_aside.rename(kvm_record)
         assert teardown["rc"] == 0, teardown.get("stderr") or teardown
         assert after == before, "native addresses/routes/ruleset differ after teardown"
+        if kvm_original is not None and not Path("/run/udev/control").exists():
+            assert kvm_after == (0, 0, 0o600), f"teardown left /dev/kvm as {kvm_after}"
+            assert not kvm_record_left, "teardown left the KVM device record behind"
 
 
 def test_converges(site):
@@ -257,6 +288,45 @@ def test_converges(site):
     assert run1["stats"]["localhost"]["changed"] > 0
     accel = task_results(run1, "Report the accelerator")[0]["mv6_hypervisor_accel_effective"]
     assert accel in ("kvm", "qemu")
+
+
+CAPS_CACHE = Path("/var/cache/libvirt/qemu/capabilities")
+DEFINE_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64'>hvm</type></os></domain>
+"""
+
+
+def caps_cache() -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in CAPS_CACHE.glob("*.xml")}
+
+
+@pytest.mark.skipif(
+    not KVM.exists() or Path("/run/udev/control").exists(),
+    reason="needs a /dev/kvm that udev does not manage",
+)
+def test_kvm_device_stops_libvirt_reprobing(site, tmp_path):
+    """The fixture set /dev/kvm to root:root 0600 before the role ran. Now it has the udev
+    rule's group and mode, the original is recorded, and two defines in a row take under
+    2 s each without libvirt rewriting its QEMU capabilities cache (40 s each before)."""
+    assert device_mode() == (0, grp.getgrnam("kvm").gr_gid, 0o660)
+    record = json.loads(Path("/var/lib/mv6/kvm-device.json").read_text())
+    assert record == {"path": "/dev/kvm", "owner": "root", "group": "root", "mode": "0600"}
+    names = ("t-hv-def1", "t-hv-def2")
+    cache_before = caps_cache()
+    took = []
+    try:
+        for name in names:
+            xml = tmp_path / f"{name}.xml"
+            xml.write_text(DEFINE_XML.format(name=name))
+            virsh("undefine", name, check=False)
+            start = time.monotonic()
+            virsh("define", str(xml))
+            took.append(time.monotonic() - start)
+    finally:
+        for name in names:
+            virsh("undefine", name, check=False)
+    assert caps_cache() == cache_before, "libvirt rewrote its QEMU capabilities cache"
+    assert all(t < 2 for t in took), f"defines took {took} s"
 
 
 def test_second_run_changes_nothing(site):

@@ -10,7 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NetnsLab, run_module, run_playbook, sh
+from conftest import (
+    KVM,
+    NetnsLab,
+    device_mode,
+    run_module,
+    run_playbook,
+    set_device_mode,
+    sh,
+    virsh,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -258,17 +267,18 @@ OTHER_XML = (
 def test_guest_nic_off_the_bridge_is_reported(host, tmp_path):
     """A (defined, not started) MV6 domain with a NIC on libvirt's default network is
     reported; an unrelated domain with the same NICs is not (only MV6 guests are judged)."""
-    virsh = ("virsh", "-q", "-c", "qemu:///system")
-    for name, text in (("t-hv-dom", DOMAIN_XML), ("t-hv-oth", OTHER_XML)):
-        xml = tmp_path / f"{name}.xml"
-        xml.write_text(text)
-        sh(*virsh, "undefine", name, check=False)
-        sh(*virsh, "define", str(xml))
+    names = ("t-hv-dom", "t-hv-oth")
     try:
+        for name, text in zip(names, (DOMAIN_XML, OTHER_XML), strict=True):
+            xml = tmp_path / f"{name}.xml"
+            xml.write_text(text)
+            virsh("undefine", name, check=False)
+            virsh("define", str(xml))
         result = audit()
     finally:
-        for name in ("t-hv-dom", "t-hv-oth"):
-            sh(*virsh, "undefine", name, check=False)
+        # Covers every step: a define that failed or timed out leaves nothing behind.
+        for name in names:
+            virsh("undefine", name, check=False)
     mine = [v for v in result["violations"] if v["object"].startswith("t-hv-")]
     assert [(v["check"], v["object"]) for v in mine] == [
         ("guest_nic", "t-hv-dom 02:6d:76:00:05:01")
@@ -276,3 +286,23 @@ def test_guest_nic_off_the_bridge_is_reported(host, tmp_path):
     assert "default" in mine[0]["reason"]
     assert "t-hv-oth" in result["facts"]["other_domains"]
     assert "t-hv-oth" not in result["facts"]["domains"]
+
+
+@pytest.mark.skipif(not KVM.exists(), reason="no /dev/kvm on this host")
+def test_libvirt_reprobing_qemu_is_reported(host):
+    """With /dev/kvm root:root 0600 (a host without udev before roles/hypervisor ran) libvirt
+    rewrites its QEMU capabilities cache at every lookup: the audit says so. With the mode
+    the role gives the device, the same audit is clean of it."""
+    original = device_mode()
+    try:
+        set_device_mode((0, 0, 0o600))
+        broken = audit()
+        set_device_mode(original)
+        fixed = audit()
+    finally:
+        set_device_mode(original)
+    found = [v for v in broken["violations"] if v["check"] == "libvirt_reprobe"]
+    assert [v["object"] for v in found] == ["qemu:///system"], broken["violations"]
+    assert "probes QEMU again" in found[0]["reason"] and "/dev/kvm" in found[0]["reason"]
+    assert broken["facts"]["capabilities_cache"], "the cache directory was not read"
+    assert [v for v in fixed["violations"] if v["check"] == "libvirt_reprobe"] == []

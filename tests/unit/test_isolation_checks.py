@@ -380,3 +380,19 @@ tcp LISTEN 0 4096 [::1]:631 [::]:* users:(("cupsd",pid=400,fd=7))
 def test_resolved_llmnr_is_reported_loopback_is_not(family, objects):
     found = iso.check_listeners(iso.parse_ss(SS_RESOLVED), family)
     assert [v["object"] for v in found] == objects
+
+
+def test_capabilities_cache_rewritten_between_lookups_is_reported():
+    before = {"a.xml": [1, 10, 7], "b.xml": [2, 20, 8]}
+    after = {"a.xml": [5, 10, 9], "b.xml": [2, 20, 8]}
+    found = iso.check_capabilities_cache(before, after, "qemu:///system")
+    assert [(v["check"], v["object"]) for v in found] == [("libvirt_reprobe", "qemu:///system")]
+    assert "(a.xml)" in found[0]["reason"]
+
+
+def test_capabilities_cache_untouched_or_new_file():
+    same = {"a.xml": [1, 10, 7]}
+    assert iso.check_capabilities_cache(same, dict(same), "qemu:///system") == []
+    # A binary probed for the first time between the lookups is a rewrite too.
+    found = iso.check_capabilities_cache({}, same, "qemu:///system")
+    assert "(a.xml)" in found[0]["reason"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import grp
+import os
+import pwd
 import re
 import sys
 from pathlib import Path
@@ -365,3 +368,47 @@ def test_table_patterns_exclude_tables():
     state = _native.build_state(IP_ADDR, ROUTES, RULES, nft, SYSCTLS, [], ["bridge *"])
     assert not any(key.startswith("bridge ") for key in state["sections"]["ruleset"])
     assert "inet site table" in state["sections"]["ruleset"]
+
+
+KVM_0600 = {"/dev/kvm": {"kind": "char", "owner": "root", "group": "root", "mode": "0600"}}
+KVM_0660 = {"/dev/kvm": {"kind": "char", "owner": "root", "group": "kvm", "mode": "0660"}}
+
+
+def _with_devices(devices, exclude_devices=()):
+    return _native.build_state(
+        IP_ADDR, ROUTES, RULES, NFT, SYSCTLS, EXCL_IF, EXCL_TABLES, devices, exclude_devices
+    )
+
+
+def test_device_mode_change_is_named():
+    assert _native.diff_states(_with_devices(KVM_0600), _with_devices(KVM_0660)) == [
+        "devices: changed /dev/kvm: group root -> kvm; mode 0600 -> 0660"
+    ]
+
+
+def test_excluded_device_is_not_compared():
+    before = _native.filter_state(_with_devices(KVM_0600), EXCL_IF, EXCL_TABLES, ["/dev/kvm"])
+    assert _native.diff_states(before, _with_devices(KVM_0660, ["/dev/kvm"])) == []
+
+
+def test_record_without_devices_section_skips_it():
+    old = _with_devices(KVM_0600)
+    del old["sections"]["devices"]
+    old = _native.filter_state(old, EXCL_IF, EXCL_TABLES)
+    assert "devices" not in old["sections"]
+    assert _native.diff_states(old, _with_devices(KVM_0660)) == []
+
+
+def test_read_devices(tmp_path):
+    plain = tmp_path / "not-a-device"
+    plain.write_text("")
+    plain.chmod(0o640)
+    found = _native.read_devices([str(plain), str(tmp_path / "missing")])
+    assert found == {
+        str(plain): {
+            "kind": "other",
+            "owner": pwd.getpwuid(os.getuid()).pw_name,
+            "group": grp.getgrgid(os.getgid()).gr_name,
+            "mode": "0640",
+        }
+    }
