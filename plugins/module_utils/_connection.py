@@ -1,0 +1,70 @@
+# Copyright (c) mv6.transition developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""How the controller reaches a hypervisor's libvirt: one rule, used by roles/guest and
+playbooks/verify.yml (it was written twice in Jinja and knew neither port nor key).
+
+PRIVATE to the collection: no compatibility promise. No Ansible imports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import quote
+
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _host_part(host: str) -> str:
+    try:
+        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            return f"[{host}]"
+        return host
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"ansible_host: {host!r} is not a host name or an IP address")
+    return host
+
+
+def libvirt_uri(
+    connection: str,
+    host: str,
+    user: str | None = None,
+    port: int | str | None = None,
+    keyfile: str | None = None,
+    explicit: str = "",
+) -> str:
+    """The libvirt URI through which the controller reaches the guests of a hypervisor.
+
+    *explicit* (mv6_guest_libvirt_uri) wins. A hypervisor managed with connection ``local``
+    is the controller itself: ``qemu:///system``. Otherwise ``qemu+ssh://`` with the
+    inventory's user, address, port and private key, and ``no_tty=1`` so that a missing key
+    fails at once instead of asking for a password (AWX has no terminal).
+    """
+    if explicit:
+        return explicit
+    if connection == "local":
+        return "qemu:///system"
+    if not host:
+        raise ValueError("ansible_host: empty; cannot build a qemu+ssh:// URI")
+    authority = _host_part(str(host))
+    if user:
+        if not _USER.match(str(user)):
+            raise ValueError(f"ansible_user: {user!r} is not a user name")
+        authority = f"{user}@{authority}"
+    if port not in (None, "", 22, "22"):
+        try:
+            number = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"ansible_port: {port!r} is not a port number") from None
+        if not 0 < number < 65536:
+            raise ValueError(f"ansible_port: {port!r} is not a port number")
+        authority = f"{authority}:{number}"
+    query = []
+    if keyfile:
+        query.append("keyfile=" + quote(str(keyfile), safe="/._-~"))
+    query.append("no_tty=1")
+    return f"qemu+ssh://{authority}/system?" + "&".join(query)
