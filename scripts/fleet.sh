@@ -226,7 +226,6 @@ plug_host() {
   local h=$1 n ns
   n=$(host_index "$h")
   ns=$(ns_of "$h")
-  ensure_ns "$ns"
   if ! ip link show "mv6f-m$n" >/dev/null 2>&1; then
     ip link add "mv6f-m$n" type veth peer name mgmt0 netns "$ns"
     if [[ $(native_family "$h") == ipv6 ]]; then
@@ -323,13 +322,25 @@ start_host() {
     mount -t overlay "mv6f-$h" -o "lowerdir=$lower,upperdir=$state/$h/upper,workdir=$state/$h/work" "$root"
   fi
   configure_host "$h" "$root"
-  plug_host "$h"
-  # CAP_NET_ADMIN: libvirtd makes the guests' taps. /dev/net/tun: the taps' device.
+  # --private-network: a new network namespace at every boot, so that a restart loses the
+  # kernel's network state as a reboot does (and /proc/sys/net is writable inside, which
+  # nspawn does not allow with --network-namespace-path). The cables are plugged in once the
+  # container runs. CAP_NET_ADMIN: libvirtd makes the guests' taps; /dev/net/tun: their device.
   setsid systemd-nspawn -D "$root" --boot --register=no --keep-unit --console=passive \
-    --machine="mv6f-$h" --hostname="$h" --network-namespace-path="/run/netns/$(ns_of "$h")" \
+    --machine="mv6f-$h" --hostname="$h" --private-network \
     --bind=/dev/net/tun --capability=CAP_NET_ADMIN --resolv-conf=off --timezone=off \
     --link-journal=no >"$state/$h/console.log" 2>&1 </dev/null &
   echo $! >"$(pidfile "$h")"
+  local pid=""
+  for _ in $(seq 100); do
+    pid=$(leader "$h" || true)
+    [[ -n $pid ]] && [[ $(readlink "/proc/$pid/ns/net") != "$(readlink /proc/self/ns/net)" ]] && break
+    pid=""
+    sleep 0.1
+  done
+  [[ -n $pid ]] || die "$h: the container did not start (console: $state/$h/console.log)"
+  ip netns attach "$(ns_of "$h")" "$pid"
+  plug_host "$h"
 }
 
 wait_ssh() {
@@ -376,6 +387,44 @@ Host 203.0.113.* 2001:db8:ff:*
 EOF
 }
 
+images() {
+  [[ -s $state/images.yml ]] && return
+  say "building the golden images on the controller (cached in /var/lib/mv6/images)"
+  [[ -x $top/.venv/bin/ansible-playbook ]] || die "no venv: run 'make setup' first"
+  PATH="$top/.venv/bin:$PATH" ANSIBLE_CONFIG="$top/ansible.cfg" timeout 2400 \
+    "$top/.venv/bin/ansible-playbook" -i localhost, -c local \
+    -e ansible_python_interpreter="$top/.venv/bin/python" -e fleet_images_file="$state/images.yml" \
+    "$top/scripts/fleet_images.yml" >"$state/images-build.log" 2>&1 ||
+    die "the golden image build failed; see $state/images-build.log"
+}
+
+# One import list per host, with the URL of the controller's end of its management link
+# (the golden_image role's import path: URL + sha256). The inventories read it.
+import_lists() {
+  local h addr
+  for h in "${hosts[@]}"; do
+    addr=$(mgmt_addr "$h" controller)
+    addr=${addr%/*}
+    [[ $addr == *:* ]] && addr="[$addr]"
+    "$top/.venv/bin/python" - "$state/images.yml" "http://$addr:$image_port/" >"$state/imports-$h.json" <<'EOF'
+import json, sys
+
+import yaml
+
+base = sys.argv[2]
+out = []
+for image in yaml.safe_load(open(sys.argv[1])):
+    out.append({
+        "name": image["name"], "src": base + image["file"], "sha256": image["sha256"],
+        "format": "qcow2",
+        "kernel": {"src": base + image["kernel_file"], "sha256": image["kernel_sha256"]},
+        "initrd": {"src": base + image["initrd_file"], "sha256": image["initrd_sha256"]},
+    })
+print(json.dumps(out, indent=1))
+EOF
+  done
+}
+
 image_server() {
   # The golden images, served to the hosts over their management links (the
   # golden_image role's import path: URL + sha256).
@@ -396,12 +445,14 @@ up() {
     ssh-keygen -q -t ed25519 -N '' -C mv6-fleet-controller -f "$state/ssh/id_ed25519"
   fi
   build_rootfs
+  images
   switches_up
   for h in "${hosts[@]}"; do start_host "$h"; done
   for h in "${hosts[@]}"; do
     for _ in $(seq 100); do [[ -s $state/$h/root/etc/ssh/ssh_host_ed25519_key.pub ]] && break; sleep 0.1; done
   done
   known_hosts
+  import_lists
   image_server
   for h in "${hosts[@]}"; do wait_ssh "$h" 120; done
   say "up in $((SECONDS - start)) s"
