@@ -51,8 +51,8 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
 
 
-def host_vlan(host: str, site: str, shared: bool) -> int:
-    """The VLAN of a host's parallel uplink, as scripts/fleet.sh wires the switch."""
+def host_segment(host: str, site: str, shared: bool) -> int:
+    """The parallel segment of a host's uplink, as scripts/fleet.sh wires the switch."""
     if site == "b":
         return 200
     if shared:
@@ -69,7 +69,7 @@ def router_addresses(plan: dict, site: str) -> dict[str, set[str]]:
             continue
         subnet = ipaddress.ip_network(entry["subnet"])
         gateway = entry.get("gateway") or str(subnet.network_address + 1)
-        ifname = f"r0.{host_vlan(host, site, shared)}"
+        ifname = f"r{host_segment(host, site, shared)}"
         wanted.setdefault(ifname, set()).add(f"{gateway}/{subnet.prefixlen}")
     return wanted
 
