@@ -27,8 +27,8 @@ quick: lint unit
 lint: ruff ansible-lint
 
 ruff:
-	$(BIN)/ruff check plugins tests bench molecule
-	$(BIN)/ruff format --check plugins tests bench molecule
+	$(BIN)/ruff check plugins tests bench molecule scripts
+	$(BIN)/ruff format --check plugins tests bench molecule scripts
 
 ansible-lint:
 	$(BIN)/ansible-lint --offline

@@ -15,6 +15,7 @@ never the other way round. Run `router` with the venv's Python (it reads YAML).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import ipaddress
@@ -87,7 +88,16 @@ def router(plan_file: str, site: str, ns: str) -> None:
         for addr in sorted(addrs):
             ip = ipaddress.ip_interface(addr)
             if ip.version == 6:
-                sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{ifname}.accept_ra=0")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    f"net.ipv6.conf.{ifname}.accept_ra=0",
+                )
                 sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname, "nodad")
                 radvd.append((ifname, str(ip.network)))
             else:
@@ -95,9 +105,21 @@ def router(plan_file: str, site: str, ns: str) -> None:
             log = run_dir / f"service-{ifname}-{ip.ip}.log"
             with open(log, "w") as out:
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, str(LAB_SITE), "serve", str(ip.ip),
-                     str(PARALLEL_PORT), f"parallel-{ip.ip}"],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        sys.executable,
+                        str(LAB_SITE),
+                        "serve",
+                        str(ip.ip),
+                        str(PARALLEL_PORT),
+                        f"parallel-{ip.ip}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             (run_dir / f"service-{ifname}-{ip.ip}.pid").write_text(f"{proc.pid}\n")
@@ -106,12 +128,26 @@ def router(plan_file: str, site: str, ns: str) -> None:
         conf.write_text(
             "".join(
                 f"interface {ifname} {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n"
-                f"  MaxRtrAdvInterval 10;\n  prefix {prefix} {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n"
+                f"  MaxRtrAdvInterval 10;\n"
+                f"  prefix {prefix} {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n"
                 for ifname, prefix in radvd
             )
         )
-        sh("ip", "netns", "exec", ns, "radvd", "-C", str(conf), "-p", str(run_dir / "radvd.pid"),
-           "-m", "logfile", "-l", str(run_dir / "radvd.log"))
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "radvd",
+            "-C",
+            str(conf),
+            "-p",
+            str(run_dir / "radvd.pid"),
+            "-m",
+            "logfile",
+            "-l",
+            str(run_dir / "radvd.log"),
+        )
     for ifname, addrs in sorted(wanted.items()):
         print(f"router {ifname}: {' '.join(sorted(addrs))}")
 
@@ -119,13 +155,12 @@ def router(plan_file: str, site: str, ns: str) -> None:
 def router_down(ns: str) -> None:
     run_dir = STATE / "router"
     for pidfile in sorted(run_dir.glob("*.pid")) if run_dir.is_dir() else []:
-        try:
-            os.killpg(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError, PermissionError):
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
+        # The services lead a session of their own (killpg); radvd forked away from it.
+        pid = int(pidfile.read_text().strip() or 0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         pidfile.unlink()
     links = sh("ip", "-n", ns, "-o", "link", "show", check=False).stdout
     for line in links.splitlines():

@@ -101,6 +101,7 @@ class ActionModule(ActionBase):
             if native:
                 native_by_host[host] = native
 
+        self._inventory_hosts = [str(h) for h in (task_vars.get("groups") or {}).get("all", [])]
         plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars)
         if args["lock_timeout"] < 0:
             raise AnsibleActionFail(
@@ -145,6 +146,7 @@ class ActionModule(ActionBase):
             prune=args["prune"],
             release_hosts=args["release_hosts"],
             native_by_host=native_by_host,
+            inventory_hosts=self._inventory_hosts,
         )
         after = _plan.dump_plan(plan)
         if after != before and not self._task.check_mode:

@@ -674,12 +674,15 @@ def build_plan(
     prune: bool = False,
     release_hosts: object = (),
     native_by_host: dict | None = None,
+    inventory_hosts: object = (),
 ) -> dict:
     """Plan the parallel network of the hosts in guests_by_host (the hosts in the play).
 
     previous is the plan file's content (already checked with check_plan) or None. Hosts of
-    previous that are not in guests_by_host are copied unchanged. Raises ValueError naming the
-    variable at fault; nothing is partially returned.
+    previous that are not in guests_by_host are copied unchanged. inventory_hosts are the
+    inventory's host names (a guest becomes an inventory host of its own: its name may be
+    none of them). Raises ValueError naming the variable at fault; nothing is partially
+    returned.
     """
     enabled = gc.isenabled()
     # The plan is one dict per guest: hundreds of thousands of young objects that are never
@@ -687,11 +690,59 @@ def build_plan(
     gc.disable()
     try:
         return _build_plan(
-            native_family, parallel, guests_by_host, previous, prune, release_hosts, native_by_host
+            native_family,
+            parallel,
+            guests_by_host,
+            previous,
+            prune,
+            release_hosts,
+            native_by_host,
+            frozenset(str(h) for h in inventory_hosts or ()),
         )
     finally:
         if enabled:
             gc.enable()
+
+
+def _check_fleet_names(parsed: dict, prev_hosts: dict, inventory_hosts: frozenset) -> None:
+    """A guest's name is its inventory name: unique across the fleet (the plan's hosts outside
+    the play included) and not the name of an inventory host."""
+    owner: dict[str, str] = {}
+    for h in sorted(prev_hosts):
+        if h in parsed or prev_hosts[h].get("released"):
+            continue
+        for name, entry in prev_hosts[h].get("guests", {}).items():
+            if not entry.get("released"):
+                owner.setdefault(name, h)
+    live = {
+        h: parsed[h].names
+        if not parsed[h].released
+        else [n for n in parsed[h].names if n not in parsed[h].released]
+        for h in sorted(parsed)
+    }
+    # Fast path (a fleet of 10,000 hosts has 640,000 names): one set, then the slow loop
+    # only when something is wrong, to name the first offender.
+    seen: set = set()
+    total = 0
+    for names in live.values():
+        seen.update(names)
+        total += len(names)
+    if len(seen) == total and not seen & owner.keys() and not seen & inventory_hosts:
+        return
+    for h, names in live.items():
+        for name in names:
+            if name in owner:
+                raise ValueError(
+                    f"mv6_guests on host {h}: guest name {name} is also a guest of host "
+                    f"{owner[name]}; guest names are inventory names and must be unique "
+                    f"across the fleet"
+                )
+            if name in inventory_hosts:
+                raise ValueError(
+                    f"mv6_guests on host {h}: guest name {name} is the name of an inventory "
+                    f"host; a guest joins the inventory under its own name"
+                )
+            owner[name] = h
 
 
 def _build_plan(
@@ -702,6 +753,7 @@ def _build_plan(
     prune: bool,
     release_hosts: object,
     native_by_host: dict | None,
+    inventory_hosts: frozenset = frozenset(),
 ) -> dict:
     site = parse_site(native_family, parallel)
     if not isinstance(release_hosts, (list, tuple, set, frozenset)):
@@ -719,6 +771,7 @@ def _build_plan(
 
     in_play = sorted(guests_by_host)
     parsed = {h: parse_guests(h, guests_by_host[h]) for h in in_play}
+    _check_fleet_names(parsed, prev_hosts, inventory_hosts)
     for h in in_play:
         if native_by_host and native_by_host.get(h):
             _native_overlaps(site, h, native_by_host[h])

@@ -56,7 +56,7 @@ LAYOUTS = [
         "v4-native/v6-parallel/per_host/eui64",
         "ipv4",
         V6,
-        {"hv2": [g("web6")], "hv1": [g("web6"), g("db6")]},
+        {"hv2": [g("web6b")], "hv1": [g("web6"), g("db6")]},
         {
             "hv1": (
                 "2001:db8:600::/64",
@@ -84,7 +84,7 @@ LAYOUTS = [
                 "2001:db8:600:1::/64",
                 None,
                 {
-                    "web6": (
+                    "web6b": (
                         0,
                         "02:6d:00:01:00:00",
                         "2001:db8:600:1:6d:ff:fe01:0",
@@ -174,7 +174,7 @@ LAYOUTS = [
         "v6-native/v4-parallel/per_host/sequential",
         "ipv6",
         V4,
-        {"hv1": [g("legacy"), g("gw", router=True)], "hv2": [g("legacy")]},
+        {"hv1": [g("legacy"), g("gw", router=True)], "hv2": [g("legacy2")]},
         {
             "hv1": (
                 "198.51.100.0/26",
@@ -187,7 +187,7 @@ LAYOUTS = [
             "hv2": (
                 "198.51.100.64/26",
                 None,
-                {"legacy": (0, "02:6d:00:01:00:00", "198.51.100.66", None, "mv6p0", False)},
+                {"legacy2": (0, "02:6d:00:01:00:00", "198.51.100.66", None, "mv6p0", False)},
             ),
         },
     ),
@@ -296,7 +296,7 @@ def test_big_slots_compress_like_rfc5952():
 def test_fresh_plan_order_is_by_sorted_name_not_input_order():
     names = [f"vm{i}" for i in range(20)]
     hosts = [f"hv{i}" for i in range(7)]
-    a = plan("ipv4", V6, {h: [g(n) for n in names] for h in hosts})
+    a = plan("ipv4", V6, {h: [g(f"{h}-{n}") for n in names] for h in hosts})
     rng = random.Random(6)
     shuffled_hosts = hosts[:]
     rng.shuffle(shuffled_hosts)
@@ -304,11 +304,12 @@ def test_fresh_plan_order_is_by_sorted_name_not_input_order():
     for h in shuffled_hosts:
         ns = names[:]
         rng.shuffle(ns)
-        shuffled[h] = [g(n) for n in ns]
+        shuffled[h] = [g(f"{h}-{n}") for n in ns]
     b = plan("ipv4", V6, shuffled)
     assert _plan.dump_plan(a) == _plan.dump_plan(b)
     assert [a["hosts"][h]["slot"] for h in sorted(hosts)] == list(range(7))
-    assert [a["hosts"]["hv0"]["guests"][n]["slot"] for n in sorted(names)] == list(range(20))
+    hv0 = a["hosts"]["hv0"]["guests"]
+    assert [hv0[f"hv0-{n}"]["slot"] for n in sorted(names)] == list(range(20))
 
 
 def moved(before, after):
@@ -437,7 +438,7 @@ def test_explicit_address_given_later_moves_only_that_guest():
 
 
 def test_same_input_gives_byte_identical_file():
-    guests = {f"hv{i}": [g(f"vm{j}", vcpus=1) for j in range(5)] for i in range(4)}
+    guests = {f"hv{i}": [g(f"hv{i}-vm{j}", vcpus=1) for j in range(5)] for i in range(4)}
     a = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
     b = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
     assert a == b
@@ -454,7 +455,7 @@ def test_mac_that_yaml_1_1_would_read_as_a_number_stays_a_string():
 
 
 def test_every_mac_is_locally_administered_unicast():
-    result = plan("ipv4", V6, {f"hv{i}": [g(f"v{j}") for j in range(9)] for i in range(9)})
+    result = plan("ipv4", V6, {f"hv{i}": [g(f"h{i}v{j}") for j in range(9)] for i in range(9)})
     for host in result["hosts"].values():
         for guest in host["guests"].values():
             first = int(guest["mac"][:2], 16)

@@ -622,6 +622,24 @@ CASES = [
         {"release_hosts": ["hv9"]},
         "release_hosts: hv9 is neither in the plan nor in the play",
     ),
+    (
+        "guest-name-on-two-hosts",
+        "ipv4",
+        V6,
+        {"hv1": [g("web6")], "hv2": [g("app6"), g("web6")]},
+        {},
+        "mv6_guests on host hv2: guest name web6 is also a guest of host hv1; guest names "
+        "are inventory names and must be unique across the fleet",
+    ),
+    (
+        "guest-named-like-an-inventory-host",
+        "ipv4",
+        V6,
+        {"hv1": [g("web6")], "hv2": [g("hv3")]},
+        {"inventory_hosts": ["hv1", "hv2", "hv3"]},
+        "mv6_guests on host hv2: guest name hv3 is the name of an inventory host; a guest "
+        "joins the inventory under its own name",
+    ),
 ]
 
 
@@ -686,3 +704,17 @@ CHANGED_SITE = [
 def test_a_changed_site_does_not_renumber_silently(parallel, native, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         _plan.build_plan(native, parallel, {"hv1": [g("web6")]}, base_plan())
+
+
+def test_guest_name_held_by_a_host_outside_the_play():
+    """Adopting hv2 with --limit: hv1's guests are only in the plan file, and count."""
+    first = _plan.build_plan("ipv4", V6, {"hv1": [g("web6")]})
+    message = (
+        "mv6_guests on host hv2: guest name web6 is also a guest of host hv1; guest names "
+        "are inventory names and must be unique across the fleet"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _plan.build_plan("ipv4", V6, {"hv2": [g("web6")]}, first)
+    # Once hv1 lets the guest go (state: absent releases it), hv2 may take the name.
+    released = _plan.build_plan("ipv4", V6, {"hv1": [g("web6", state="absent")]}, first)
+    _plan.build_plan("ipv4", V6, {"hv2": [g("web6")]}, released)

@@ -34,8 +34,17 @@ guest_lists = st.lists(names, max_size=6, unique=True)
 fleets = st.dictionaries(hosts, guest_lists, min_size=1, max_size=6)
 
 
+def qualified(host, name):
+    """Guest names are unique across the fleet (they are inventory names): drawn per host,
+    they are qualified with their host."""
+    return f"{host}-{name}"
+
+
 def as_guests(fleet, routers=()):
-    return {h: [{"name": n, "router": (h, n) in routers} for n in ns] for h, ns in fleet.items()}
+    return {
+        h: [{"name": qualified(h, n), "router": (h, n) in routers} for n in ns]
+        for h, ns in fleet.items()
+    }
 
 
 def check_plan_invariants(native, parallel, result, explicit=()):
@@ -89,8 +98,8 @@ def test_no_collisions_and_every_address_in_its_subnet(site, fleet, data):
     check_plan_invariants(native, parallel, result)
     for h, n in routers:
         host = result["hosts"][h]
-        assert host["guests"][n]["router"] is True
-        assert host["gateway"] == host["guests"][n]["address"]
+        assert host["guests"][qualified(h, n)]["router"] is True
+        assert host["gateway"] == host["guests"][qualified(h, n)]["address"]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,7 +183,7 @@ def test_edits_never_move_an_allocation(site, fleet, steps):
                 new = after["hosts"][h]["guests"][n]
                 assert [new.get(k) for k in KEYS] == [guest.get(k) for k in KEYS]
                 if h in play:
-                    assert new["released"] == (n not in play[h])
+                    assert new["released"] == (n not in [qualified(h, x) for x in play[h]])
         # planning the same input again writes the same bytes
         again = _plan.build_plan(native, parallel, as_guests(play), after)
         if not prune:
