@@ -32,7 +32,7 @@ def wait_agent(host: str, name: str, timeout: float = 420) -> float:
         try:
             if fleet.guest(host, name).ping():
                 return time.monotonic() - start
-        except Exception:  # the domain may not exist yet, or libvirtd restarts  # noqa: BLE001
+        except Exception:  # the domain may not exist yet, or libvirtd restarts
             pass
         time.sleep(2)
     raise AssertionError(f"{name} on {host}: no guest agent within {timeout} s")
