@@ -10,7 +10,7 @@ SANITY_ROOT := $(abspath $(SANITY_BASE))/ansible_collections/mv6/transition
 # Molecule scenarios run in this order; each builds and removes its own simulated site.
 SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
 
-.PHONY: setup test quick lint ruff ansible-lint sanity unit integration molecule bench lab lab-down clean
+.PHONY: setup test quick lint ruff ansible-lint sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -64,6 +64,17 @@ lab: setup
 
 lab-down:
 	bash scripts/lab.sh down
+
+# The fleet test site (docs/fleet.md): up, router from the plan, site.yml on site a.
+fleet-lab: setup
+	bash scripts/fleet.sh up
+	mkdir -p /var/lib/mv6-fleet/plans
+	$(BIN)/ansible-playbook -i inventories/fleet playbooks/plan.yml
+	$(BIN)/python scripts/fleet_site.py router /var/lib/mv6-fleet/plans/site-a.yml a mv6f-rtr
+	$(BIN)/ansible-playbook -i inventories/fleet playbooks/site.yml -f 3
+
+fleet-down:
+	bash scripts/fleet.sh down
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -68,13 +68,15 @@ ansible_env() {
   export PATH="$top/.venv/bin:$PATH" ANSIBLE_CONFIG="$top/ansible.cfg"
 }
 
-# Extra vars for every playbook run: the interfaces and nft tables to ignore.
+# Extra vars for every playbook run: the interfaces and nft tables to ignore, and
+# MV6_LAB_EXTRA_VARS (a JSON object, for benchmarks: bench/libvirt_reprobe_bench.py).
 extra_vars() {
-  "$venv_python" - "${MV6_LAB_IGNORE_INTERFACES:-}" "${MV6_LAB_IGNORE_TABLES:-}" <<'EOF'
+  "$venv_python" - "${MV6_LAB_IGNORE_INTERFACES:-}" "${MV6_LAB_IGNORE_TABLES:-}" "${MV6_LAB_EXTRA_VARS:-}" <<'EOF'
 import json, sys
 print(json.dumps({
     "mv6_native_state_ignore_interfaces": sys.argv[1].split(),
     "mv6_native_state_ignore_tables": [t.strip() for t in sys.argv[2].split(",") if t.strip()],
+    **(json.loads(sys.argv[3]) if sys.argv[3].strip() else {}),
 }))
 EOF
 }

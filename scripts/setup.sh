@@ -15,6 +15,8 @@ debian_packages=(
   nftables iproute2
   # building libvirt-python and lxml into the venv
   libvirt-dev pkg-config gcc python3-dev python3-venv libxml2-dev libxslt1-dev
+  # the fleet test site (docs/fleet.md): containers with systemd, SSH to them
+  systemd-container openssh-client
   # test tools: frame injection, captures, probes
   tcpdump python3-scapy arping ndisc6 thc-ipv6 radvd iperf3 git make rsync shellcheck
 )
