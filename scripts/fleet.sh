@@ -34,6 +34,7 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="$PATH:/usr/sbin:/sbin"
 state=${MV6_FLEET_STATE:-/var/lib/mv6-fleet}
 cache=${MV6_FLEET_CACHE:-/var/cache/mv6-fleet}
 all_hosts=(hv1 hv2 hv3 hv4)

@@ -49,7 +49,10 @@ def serve_images(directory: str, port: str, addrs: list[str]) -> None:
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc
 
 
 def host_segment(host: str, site: str, shared: bool) -> int:
@@ -165,11 +168,14 @@ def router_down(ns: str) -> None:
     links = sh("ip", "-n", ns, "-o", "link", "show", check=False).stdout
     for line in links.splitlines():
         name = line.split(": ")[1].split("@")[0]
-        if name.startswith("r0"):
+        if name[:1] == "r" and name[1:].isdigit():
             sh("ip", "-n", ns, "addr", "flush", "dev", name, "scope", "global", check=False)
 
 
 def main(argv: list[str]) -> int:
+    # sysctl and radvd live in sbin, which a non-login environment (Ansible's) may lack.
+    path = os.environ.get("PATH", "").split(":")
+    os.environ["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
     if len(argv) >= 4 and argv[1] == "serve-images":
         serve_images(argv[2], argv[3], argv[4:])
         return 0

@@ -57,7 +57,7 @@ def env() -> dict[str, str]:
     out = dict(os.environ)
     out.update(
         {
-            "PATH": f"{PROJECT / '.venv' / 'bin'}:{out.get('PATH', '')}",
+            "PATH": f"{PROJECT / '.venv' / 'bin'}:{out.get('PATH', '')}:/usr/sbin:/sbin",
             "ANSIBLE_CONFIG": out.get("ANSIBLE_CONFIG") or str(PROJECT / "ansible.cfg"),
             "ANSIBLE_NOCOLOR": "1",
         }
@@ -121,7 +121,8 @@ def playbook(
     )
     seconds = time.monotonic() - start
     if log:
-        (ephemeral() / log).write_text(proc.stdout + proc.stderr)
+        (ephemeral() / log).write_text(proc.stdout)
+        (ephemeral() / f"{log}.stderr").write_text(proc.stderr)
     try:
         data = json.loads(proc.stdout)
     except ValueError as e:
