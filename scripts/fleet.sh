@@ -87,8 +87,15 @@ native_addr() { # host -> address/len on the native site LAN
 ns_of() { echo "mv6f-$1"; }
 pidfile() { echo "$state/$1/nspawn.pid"; }
 running() { [[ -f $(pidfile "$1") ]] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
-leader() { # the container's PID 1, seen from here
-  pgrep -P "$(cat "$(pidfile "$1")")" | head -1
+leader() { # the container's PID 1, seen from here (not nspawn's short-lived helper child)
+  local c
+  for c in $(pgrep -P "$(cat "$(pidfile "$1")")"); do
+    if grep -Eq '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' "/proc/$c/status" 2>/dev/null; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
 }
 in_host() { # host command... (as root inside the container, no SSH: set-up only)
   local h=$1
@@ -335,7 +342,7 @@ start_host() {
   local pid=""
   for _ in $(seq 100); do
     pid=$(leader "$h" || true)
-    [[ -n $pid ]] && [[ $(readlink "/proc/$pid/ns/net") != "$(readlink /proc/self/ns/net)" ]] && break
+    [[ -n $pid ]] && [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) != "$(readlink /proc/self/ns/net)" ]] && break
     pid=""
     sleep 0.1
   done
