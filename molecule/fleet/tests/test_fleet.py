@@ -1,6 +1,7 @@
 """What the fleet proves (molecule/fleet, docs/fleet.md). The tests run in file order on one
 fleet: prepare adopted hv1 then hv2, converge adopted hv3 with the other two (forks 3).
-Every figure a test measures goes to fleet-figures.json in the ephemeral directory.
+Every figure a test measures goes to fleet-figures.json in the run directory
+(/var/tmp/mv6-fleet-run, with every playbook's log).
 """
 
 from __future__ import annotations
@@ -150,9 +151,9 @@ def plan_bytes() -> bytes:
 @pytest.mark.parametrize(
     ("limit", "guests", "message"),
     [
-        ("hv2", [{"name": "web6-1"}], "guest name web6-1 is also a guest of host hv1"),
-        ("hv2", [{"name": "hv3"}], "guest name hv3 is the name of an inventory host"),
-        ("hv1,hv2", [{"name": "dup6"}], "guest name dup6 is also a guest of host hv1"),
+        ("hv2,mv6_guests", [{"name": "web6-1"}], "guest name web6-1 is also a guest of host hv1"),
+        ("hv2,mv6_guests", [{"name": "hv3"}], "guest name hv3 is the name of an inventory host"),
+        ("hv1,hv2,mv6_guests", [{"name": "dup6"}], "guest name dup6 is also a guest of host hv1"),
     ],
     ids=["name-held-by-a-host-outside-the-play", "named-like-a-host", "same-name-two-hosts"],
 )
@@ -162,6 +163,16 @@ def test_bad_names_are_refused_before_any_change(plan_a, limit, guests, message)
     assert result["rc"] != 0
     failures = [m for msgs in result["failures"].values() for m in msgs]
     assert any(message in m for m in failures), failures
+    assert all(s.get("changed", 0) == 0 for s in result["stats"].values()), result["stats"]
+    assert plan_bytes() == before
+
+
+def test_a_limit_without_the_guests_is_refused(plan_a):
+    before = plan_bytes()
+    result = fleet.playbook("site.yml", "--limit", "hv1")
+    assert result["rc"] != 0
+    failures = [m for msgs in result["failures"].values() for m in msgs]
+    assert any("--limit 'hv1,mv6_guests'" in m for m in failures), failures
     assert all(s.get("changed", 0) == 0 for s in result["stats"].values()), result["stats"]
     assert plan_bytes() == before
 
@@ -208,7 +219,7 @@ def test_an_unreachable_host_fails_alone(plan_a):
     cutter = threading.Thread(target=cut_later, daemon=True)
     cutter.start()
     try:
-        result = fleet.playbook("site.yml", "-f", "3", log="unreachable.log")
+        result = fleet.playbook("site.yml", "-f", "3", log="unreachable.log")  # no --limit
     finally:
         cutter.join(timeout=60)
         fleet.fleet("mend", "hv3")

@@ -50,7 +50,9 @@ MV6_OBJECTS = (
 
 
 def ephemeral() -> Path:
-    return Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp/mv6-fleet-scenario"))
+    """Where the scenario keeps its records and logs. Not Molecule's ephemeral directory,
+    which its destroy step empties: a failed run's logs must survive it."""
+    return Path(os.environ.get("MV6_FLEET_RUN_DIR", "/var/tmp/mv6-fleet-run"))
 
 
 def env() -> dict[str, str]:
@@ -287,7 +289,7 @@ def adopt() -> int:
         record["before"][host] = native_state(host)
         record["objects_before"][host] = mv6_objects(host)
     plan_and_route("--limit", "hv1")
-    first = playbook("site.yml", "--limit", "hv1", log="adopt-hv1.log")
+    first = playbook("site.yml", "--limit", "hv1,mv6_guests", log="adopt-hv1.log")
     record["adopt_hv1"] = first
     record["plan_after_hv1"] = plan() if PLAN_A.exists() else None
     record["after_hv1"] = {
@@ -295,7 +297,7 @@ def adopt() -> int:
         for h in ("hv2", "hv3")
     }
     plan_and_route("--limit", "hv2")
-    second = playbook("site.yml", "--limit", "hv2", log="adopt-hv2.log")
+    second = playbook("site.yml", "--limit", "hv2,mv6_guests", log="adopt-hv2.log")
     record["adopt_hv2"] = second
     record["plan_after_hv2"] = plan() if PLAN_A.exists() else None
     record["after_hv2"] = {
