@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guestlib import VIRSH_TIMEOUT
 
-# libvirt calls on a TCG host under load: a define or start is ~0.02 s with a valid QEMU
-# capabilities cache, but a re-probe of QEMU (a cache judged stale) costs 30-40 s here.
-VIRSH_TIMEOUT = 180
 KVM = Path("/dev/kvm")
 
 

@@ -20,7 +20,14 @@ _REPEATABLE = {"guest-exec-status", "guest-ping", "guest-info"}
 _ATTEMPTS = 3
 
 
+# A virsh call is ~0.02 s with a valid QEMU capabilities cache, but 30-40 s when libvirt
+# re-probes QEMU (docs/hypervisor.md, "The /dev/kvm device"), and TCG guests load the host.
+VIRSH_TIMEOUT = 180
+
+
 def sh(*argv: str, timeout: int = 60, check: bool = True) -> subprocess.CompletedProcess:
+    if argv and argv[0] == "virsh":
+        timeout = max(timeout, VIRSH_TIMEOUT)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
 
 
