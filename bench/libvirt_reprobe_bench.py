@@ -58,7 +58,7 @@ def set_mode(uid: int, gid: int, mode: int) -> None:
 def calls(label: str, repeats: int, xml: Path) -> dict:
     defines, starts, rewrites = [], [], 0
     subprocess.run(["virsh", "-q", "-c", URI, "undefine", NAME], capture_output=True, check=False)
-    for _ in range(repeats):
+    for _round in range(repeats):
         before = cache_state()
         defines.append(virsh("define", str(xml)))
         starts.append(virsh("start", NAME))

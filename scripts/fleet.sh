@@ -467,11 +467,28 @@ up() {
   status
 }
 
+kill_ns_processes() { # namespace
+  local pids
+  pids=$(ip netns pids "$1" 2>/dev/null || true)
+  [[ -n $pids ]] || return 0
+  # shellcheck disable=SC2086 # one word per pid
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 20); do
+    [[ -z $(ip netns pids "$1" 2>/dev/null) ]] && return 0
+    sleep 0.2
+  done
+  # shellcheck disable=SC2046 # one word per pid
+  kill -KILL $(ip netns pids "$1" 2>/dev/null) 2>/dev/null || true
+}
+
 down() {
   local start=$SECONDS h rc=0
   probe_stop_all
   if [[ -f $state/images.pid ]]; then kill "$(cat "$state/images.pid")" 2>/dev/null || true; rm -f "$state/images.pid"; fi
   for h in "${all_hosts[@]}"; do stop_host "$h"; unplug_host "$h"; done
+  # The router's services and radvd, and anything else started in the site's namespaces.
+  kill_ns_processes "$rtr_ns"
+  kill_ns_processes "$lan_ns"
   ip netns del "$rtr_ns" 2>/dev/null || true
   ip netns del "$par_ns" 2>/dev/null || true
   ip netns del "$lan_ns" 2>/dev/null || true

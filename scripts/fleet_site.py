@@ -159,12 +159,17 @@ def router_down(ns: str) -> None:
     run_dir = STATE / "router"
     for pidfile in sorted(run_dir.glob("*.pid")) if run_dir.is_dir() else []:
         # The services lead a session of their own (killpg); radvd forked away from it.
-        pid = int(pidfile.read_text().strip() or 0)
+        try:
+            pid = int(pidfile.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):  # radvd removes its own at SIGTERM
+            continue
+        if pid <= 0:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        pidfile.unlink()
+        pidfile.unlink(missing_ok=True)
     links = sh("ip", "-n", ns, "-o", "link", "show", check=False).stdout
     for line in links.splitlines():
         name = line.split(": ")[1].split("@")[0]

@@ -249,7 +249,7 @@ def capabilities_reprobe(module, uri, directory):
     if virsh is None:
         return [], {}
     snapshots = []
-    for _ in range(2):
+    for _lookup in range(2):
         rc, _out, err = module.run_command([virsh, "-q", "-c", uri, "domcapabilities"])
         if rc != 0:
             return [

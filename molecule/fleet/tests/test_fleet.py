@@ -114,7 +114,7 @@ def test_the_report_fails_when_a_planned_running_guest_was_not_audited(tmp_path,
 def test_guests_reach_each_other_across_hypervisors(plan_a):
     addresses = fleet.guest_addresses(plan_a)
     for src, host in SITE_A_GUESTS.items():
-        for dst, (_, address) in addresses.items():
+        for dst, (_host, address) in addresses.items():
             if dst != src:
                 assert fleet.guest_ping(host, src, address), f"{src} -> {dst} ({address})"
 
@@ -137,7 +137,7 @@ def test_hosts_take_no_l3_part(plan_a):
     """No hypervisor can reach a guest: it has no address on the parallel network."""
     addresses = fleet.guest_addresses(plan_a)
     for host in ("hv1", "hv2", "hv3"):
-        for name, (_, address) in addresses.items():
+        for name, (_host, address) in addresses.items():
             proc = fleet.ssh(host, f"python3 /usr/local/lib/mv6-fleet/lab_site.py ping {address}")
             assert proc.returncode != 0, f"{host} reached {name} at {address}"
         addrs = fleet.ssh(host, "ip -6 -o addr show scope global; ip -4 -o addr show").stdout

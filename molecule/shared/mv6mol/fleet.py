@@ -68,13 +68,17 @@ def env() -> dict[str, str]:
 
 
 def fleet(*argv: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    proc = subprocess.run(
         ["bash", str(FLEET_SH), *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=check,
+        check=False,
+        env=env(),
     )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fleet.sh {' '.join(argv)}: exit {proc.returncode}: {proc.stderr}")
+    return proc
 
 
 def ssh(host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -94,8 +98,10 @@ def router(plan: Path, site: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
+        env=env(),
     )
+    assert proc.returncode == 0, f"router: {proc.stdout} {proc.stderr}"
     return proc.stdout
 
 
