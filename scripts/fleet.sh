@@ -573,6 +573,15 @@ probe_stop_all() {
   done
 }
 
+# One change of the fleet at a time (up, down, restart, cut, mend): they share namespaces,
+# mounts and pid files.
+case ${1:-} in
+  up | down | restart | cut | mend)
+    exec 9>/run/mv6-fleet.lock
+    flock -w 900 9 || die "another fleet.sh holds /run/mv6-fleet.lock"
+    ;;
+esac
+
 case ${1:-} in
   up) up ;;
   down) down ;;
@@ -580,7 +589,7 @@ case ${1:-} in
   restart) restart "${2:?host}" ;;
   cut) cut_mgmt "${2:?host}" ;;
   mend) mend_mgmt "${2:?host}" ;;
-  router) exec python3 "$top/scripts/fleet_site.py" router "${2:?plan file}" "${3:?site a or b}" "$rtr_ns" ;;
+  router) exec "$top/.venv/bin/python" "$top/scripts/fleet_site.py" router "${2:?plan file}" "${3:?site a or b}" "$rtr_ns" ;;
   probe) probe "${2:?start|stop}" "${3:?name}" ;;
   ssh)
     h=${2:?host}

@@ -101,7 +101,11 @@ class ActionModule(ActionBase):
             if native:
                 native_by_host[host] = native
 
-        self._inventory_hosts = [str(h) for h in (task_vars.get("groups") or {}).get("all", [])]
+        # Guests this run already added to the in-memory inventory (add_host) are not hosts
+        # a guest name may not take: they are the guests themselves.
+        groups = task_vars.get("groups") or {}
+        added = set(groups.get("mv6_guests", []))
+        self._inventory_hosts = [str(h) for h in groups.get("all", []) if h not in added]
         plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars)
         if args["lock_timeout"] < 0:
             raise AnsibleActionFail(

@@ -14,13 +14,16 @@ import re
 from urllib.parse import quote
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+# A DNS name, an FQDN with its trailing dot, or an ssh_config alias (underscores allowed):
+# whatever ssh accepts, as long as it cannot end the URI's authority part.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
 
 
 def _host_part(host: str) -> str:
     try:
         if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
-            return f"[{host}]"
+            # A zone (fe80::1%eth0) is written %25 inside a URI (RFC 6874).
+            return "[" + host.replace("%", "%25") + "]"
         return host
     except ValueError:
         pass

@@ -23,6 +23,8 @@ import stat
 
 STATE_VERSION = 1
 SECTIONS = ("links", "addresses", "routes", "rules", "ruleset", "sysctls", "devices")
+# Sections a record of an earlier version of this module may lack.
+OPTIONAL_SECTIONS = ("devices",)
 # Device nodes whose owner, group and mode are part of the native state: roles/hypervisor
 # may give /dev/kvm the udev rule's group and mode on a host without udev, and restores it.
 DEVICES = ("/dev/kvm",)
@@ -286,8 +288,9 @@ def _matches(name: str, patterns) -> bool:
 def filter_state(state: dict, exclude_interfaces=(), exclude_tables=(), exclude_devices=()) -> dict:
     """Drop every entry that belongs to an excluded interface, nft table or device.
 
-    A section the state does not have (a record written before the section existed) stays
-    absent, so that comparing with it skips that section instead of reporting it added.
+    A record written before the ``devices`` section existed has none: it stays absent, so
+    that comparing with it skips that section instead of reporting it added. Any other
+    missing section is an error (a truncated record must not compare as clean).
     """
     if state.get("version") != STATE_VERSION:
         raise ValueError(
@@ -296,7 +299,9 @@ def filter_state(state: dict, exclude_interfaces=(), exclude_tables=(), exclude_
     sections = {}
     for section in SECTIONS:
         if section not in state["sections"]:
-            continue
+            if section in OPTIONAL_SECTIONS:
+                continue
+            raise ValueError(f"native state: section {section!r} is missing")
         entries = state["sections"][section]
         kept = {}
         for key, value in entries.items():
@@ -331,7 +336,9 @@ def diff_states(before: dict, after: dict) -> list[str]:
     gone = old_links.keys() - new_links.keys()
     came = new_links.keys() - old_links.keys()
     for section in SECTIONS:
-        if section not in before["sections"] or section not in after["sections"]:
+        if section in OPTIONAL_SECTIONS and (
+            section not in before["sections"] or section not in after["sections"]
+        ):
             continue
         old = before["sections"][section]
         new = after["sections"][section]

@@ -412,3 +412,10 @@ def test_read_devices(tmp_path):
             "mode": "0640",
         }
     }
+
+
+def test_a_record_missing_another_section_is_refused():
+    truncated = _with_devices(KVM_0600)
+    del truncated["sections"]["routes"]
+    with pytest.raises(ValueError, match=r"^native state: section 'routes' is missing$"):
+        _native.filter_state(truncated, EXCL_IF, EXCL_TABLES)
