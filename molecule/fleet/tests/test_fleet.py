@@ -226,8 +226,9 @@ def test_an_unreachable_host_fails_alone(plan_a):
     assert "cut_at" in cmd_result
     assert result["rc"] != 0
     stats = result["stats"]
-    for host in ("hv1", "hv2"):
-        assert stats[host]["failures"] == 0 and stats[host]["unreachable"] == 0, stats
+    # hv1 fails only the report (run_once there), which names hv3; hv2 not at all.
+    assert stats["hv2"]["failures"] == 0 and stats["hv2"]["unreachable"] == 0, stats
+    assert stats["hv1"]["failures"] <= 1 and stats["hv1"]["unreachable"] == 0, stats
     assert stats["hv3"]["unreachable"] > 0 or stats["hv3"]["failures"] > 0, stats
     assert set(result["failures"]) <= {"hv3", "hv1", "web6-3"}, result["failures"]
     # The report names hv3 (on hv1, where it runs), and only hv3.
