@@ -337,7 +337,7 @@ start_host() {
   setsid systemd-nspawn -D "$root" --boot --register=no --keep-unit --console=passive \
     --machine="mv6f-$h" --hostname="$h" --private-network \
     --bind=/dev/net/tun --capability=CAP_NET_ADMIN --resolv-conf=off --timezone=off \
-    --link-journal=no >"$state/$h/console.log" 2>&1 </dev/null &
+    --link-journal=no >"$state/$h/console.log" 2>&1 </dev/null 9>&- &
   echo $! >"$(pidfile "$h")"
   local pid=""
   for _ in $(seq 100); do
@@ -440,7 +440,7 @@ image_server() {
   if [[ -f $pid ]] && kill -0 "$(cat "$pid")" 2>/dev/null; then return; fi
   for h in "${hosts[@]}"; do addrs+=("$(mgmt_addr "$h" controller)"); done
   setsid python3 "$top/scripts/fleet_site.py" serve-images "${MV6_FLEET_IMAGES:-/var/lib/mv6/images}" \
-    "$image_port" "${addrs[@]%/*}" >"$state/images.log" 2>&1 </dev/null &
+    "$image_port" "${addrs[@]%/*}" >"$state/images.log" 2>&1 </dev/null 9>&- &
   echo $! >"$pid"
 }
 
@@ -542,7 +542,7 @@ probe() { # start|stop NAME
       for h in "${hosts[@]}"; do
         addr=$(native_addr "$h")
         ip netns exec "$lan_ns" setsid python3 "$top/scripts/lab_site.py" probe "${addr%/*}" \
-          "$critical_port" "critical-$h" "$state/probe-$name-$h.log" </dev/null >/dev/null 2>&1 &
+          "$critical_port" "critical-$h" "$state/probe-$name-$h.log" </dev/null >/dev/null 2>&1 9>&- &
         echo $! >"$state/probe-$name-$h.pid"
       done
       ;;
@@ -574,7 +574,8 @@ probe_stop_all() {
 }
 
 # One change of the fleet at a time (up, down, restart, cut, mend): they share namespaces,
-# mounts and pid files.
+# mounts and pid files. Everything started in the background closes fd 9 (9>&-): a
+# container or server that kept it would hold the lock for as long as it runs.
 case ${1:-} in
   up | down | restart | cut | mend)
     exec 9>/run/mv6-fleet.lock
