@@ -87,8 +87,11 @@ options:
     default: [/dev/kvm]
   exclude_devices:
     description:
-      - Devices of O(devices) left out of a comparison (O(op=compare)), for example one that
-        MV6 changed on purpose while the host is adopted. Records always hold every device.
+      - Devices of O(devices) left out of a record or a comparison, for example one that MV6
+        changes on purpose while the host is adopted. A record keeps the list, and a comparison
+        with it (O(against)) leaves those devices out too, as for O(exclude_interfaces).
+      - C(site.yml) leaves C(/dev/kvm) out of its per-run record, so that the first run's change
+        to it does not make the second run report a change; the C(pre-mv6) record holds it.
     type: list
     elements: path
     default: []
@@ -275,10 +278,11 @@ def main():
             )
     excl_ifaces = list(p["exclude_interfaces"])
     excl_tables = list(p["exclude_tables"])
+    excl_devices = list(p["exclude_devices"])
 
     if p["op"] == "record":
         path = os.path.join(p["state_dir"], f"{p['label']}.json")
-        state = read_state(module, excl_ifaces, excl_tables, p["devices"])
+        state = read_state(module, excl_ifaces, excl_tables, p["devices"], excl_devices)
         old = _load(module, path)
         if old is not None and not p["overwrite"]:
             module.exit_json(changed=False, record_path=path, native_state=state, kept=True)
@@ -286,6 +290,7 @@ def main():
             "label": p["label"],
             "exclude_interfaces": excl_ifaces,
             "exclude_tables": excl_tables,
+            "exclude_devices": excl_devices,
             "state": state,
         }
         same = old is not None and {k: old.get(k) for k in fresh} == fresh
@@ -297,7 +302,7 @@ def main():
     result = {}
     if p["reference"] is not None:
         reference = p["reference"]
-        ref_ifaces, ref_tables = [], []
+        ref_ifaces, ref_tables, ref_devices = [], [], []
     else:
         path = os.path.join(p["state_dir"], f"{p['against']}.json")
         record = _load(module, path)
@@ -306,14 +311,16 @@ def main():
         reference = record["state"]
         ref_ifaces = record.get("exclude_interfaces", [])
         ref_tables = record.get("exclude_tables", [])
+        ref_devices = record.get("exclude_devices", [])
         result["record_path"] = path
     all_ifaces = sorted(set(excl_ifaces) | set(ref_ifaces))
     all_tables = sorted(set(excl_tables) | set(ref_tables))
+    all_devices = sorted(set(excl_devices) | set(ref_devices))
     try:
-        before = filter_state(reference, all_ifaces, all_tables, p["exclude_devices"])
+        before = filter_state(reference, all_ifaces, all_tables, all_devices)
     except (KeyError, TypeError, ValueError) as exc:
         module.fail_json(msg=f"reference: not a native state: {exc}")
-    now = read_state(module, all_ifaces, all_tables, p["devices"], p["exclude_devices"])
+    now = read_state(module, all_ifaces, all_tables, p["devices"], all_devices)
     differences = diff_states(before, now)
     module.exit_json(
         changed=False,

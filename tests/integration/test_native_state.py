@@ -163,3 +163,25 @@ def test_missing_record_is_a_clear_error(netns, tmp_path):
     result = json.loads(proc.stdout)
     assert result["failed"] is True
     assert result["msg"] == f"against: no native state record '{tmp_path}/none/pre-mv6.json'"
+
+
+def test_device_left_out_of_a_record_does_not_change_it(netns, tmp_path):
+    """site.yml's per-run record leaves /dev/kvm out: roles/hypervisor changes it on run 1."""
+    name = netns[0]
+    node = tmp_path / "t-lab-device"
+    node.write_text("")
+    node.chmod(0o600)
+    args = {"devices": [str(node)]}
+    module(name, tmp_path, op="record", label="before-run", exclude_devices=[str(node)], **args)
+    module(name, tmp_path, op="record", label="pre-mv6", overwrite=False, **args)
+    node.chmod(0o660)
+    again = module(
+        name, tmp_path, op="record", label="before-run", exclude_devices=[str(node)], **args
+    )
+    assert again["changed"] is False, "an excluded device must not change the record"
+    assert str(node) not in again["native_state"]["sections"]["devices"]
+    # The record's own exclusion holds when it is compared with later (as for interfaces).
+    same = module(name, tmp_path, op="compare", against="before-run", **args)
+    assert same["identical"] is True, same["differences"]
+    changed = module(name, tmp_path, op="compare", against="pre-mv6", **args)
+    assert changed["differences"] == [f"devices: changed {node}: mode 0600 -> 0660"]
