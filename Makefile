@@ -7,7 +7,8 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 SANITY_BASE ?= build/sanity
 SANITY_ROOT := $(abspath $(SANITY_BASE))/ansible_collections/mv6/transition
-# Molecule scenarios run in this order; each builds and removes its own simulated site.
+# Molecule scenarios run in this order; each builds and removes its own simulated site, and
+# is stopped after molecule/NAME/timeout seconds (1500 where there is no such file).
 SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
 
 .PHONY: setup test quick lint ruff ansible-lint sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
@@ -52,7 +53,8 @@ sanity:
 molecule:
 	@for s in $(SCENARIOS); do \
 	  echo "=== molecule scenario $$s"; start=$$SECONDS; \
-	  timeout 1500 $(BIN)/molecule test -s $$s || exit 1; \
+	  limit=$$(cat molecule/$$s/timeout 2>/dev/null || echo 1500); \
+	  timeout $$limit $(BIN)/molecule test -s $$s || exit 1; \
 	  echo "=== molecule scenario $$s passed in $$((SECONDS - start)) s"; \
 	done
 

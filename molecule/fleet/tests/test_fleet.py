@@ -256,6 +256,38 @@ def test_teardown_of_one_host_while_the_others_run(adoption, plan_a):
     assert fleet.mv6_objects("hv2") == []
 
 
+def test_scenario_1_shared_layout_across_two_hosts(adoption):
+    """Scenario 1's other layout: hv2 (torn down above) and hv3 (torn down here while hv1
+    runs) adopted again with one IPv6 /64 across their uplinks (segment 100), the parallel
+    router's gateway address on the same segment."""
+    down = fleet.playbook(
+        "teardown.yml", "--limit", "hv3", extra={"mv6_teardown_purge_disks": True}
+    )
+    assert down["rc"] == 0, down["failures"]
+    assert fleet.native_differences("hv3", adoption["before"]["hv3"]) == []
+    fleet.plan_and_route(inventory=fleet.SITE_A_SHARED, plan_file=fleet.PLAN_A_SHARED, site="a")
+    result = fleet.playbook("site.yml", inventory=fleet.SITE_A_SHARED, log="site-a-shared.log")
+    assert result["rc"] == 0, result["failures"]
+    figure("site_a_shared_converge_s", result["seconds"])
+    shared = fleet.plan(fleet.PLAN_A_SHARED)
+    assert {e["subnet"] for e in shared["hosts"].values()} == {"2001:db8:700::/64"}
+    addresses = fleet.guest_addresses(shared)
+    assert set(addresses) == {"shared6-2", "shared6-3"}
+    for src, (host, _address) in addresses.items():
+        assert fleet.guest_ping(host, src, "2001:db8:700::1"), f"{src} -> the gateway"
+        for dst, (_host, address) in addresses.items():
+            if dst != src:
+                assert fleet.guest_ping(host, src, address), f"{src} -> {dst} ({address})"
+        for dst, what in CROSS_FAMILY:
+            assert not fleet.guest_ping(host, src, dst), f"{src} reached {what} ({dst})"
+    for host in ("hv2", "hv3"):
+        for name, (_host, address) in addresses.items():
+            proc = fleet.ssh(host, f"python3 /usr/local/lib/mv6-fleet/lab_site.py ping {address}")
+            assert proc.returncode != 0, f"{host} reached {name} at {address}"
+        addrs = fleet.ssh(host, "ip -6 -o addr show scope global; ip -4 -o addr show").stdout
+        assert "2001:db8:700" not in addrs, addrs
+
+
 def test_site_b_ipv4_guests_on_an_ipv6_host():
     """Scenario 2 on hv4: IPv6-native host, IPv4-only guest; the router is its gateway."""
     fleet.PLAN_B.parent.mkdir(parents=True, exist_ok=True)

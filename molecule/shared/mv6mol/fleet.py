@@ -32,7 +32,9 @@ STATE = Path("/var/lib/mv6-fleet")
 KEY = STATE / "ssh" / "id_ed25519"
 SITE_A = PROJECT / "inventories" / "fleet"
 SITE_B = PROJECT / "inventories" / "fleet_v4"
+SITE_A_SHARED = PROJECT / "inventories" / "fleet_shared"
 PLAN_A = STATE / "plans" / "site-a.yml"
+PLAN_A_SHARED = STATE / "plans" / "site-a-shared.yml"
 PLAN_B = STATE / "plans" / "site-b.yml"
 MGMT = {
     "hv1": "203.0.113.2",
