@@ -311,9 +311,22 @@ def filter_state(state: dict, exclude_interfaces=(), exclude_tables=(), exclude_
                 continue
             if section == "devices" and _matches(key, exclude_devices):
                 continue
+            if section == "links":
+                value = _link_settings(value)
             kept[key] = value
         sections[section] = kept
     return {"version": STATE_VERSION, "sections": sections}
+
+
+def _link_settings(link: dict) -> dict:
+    """A link as compared. The qdisc of a link that is administratively down is left out:
+    the kernel shows ``noop`` until the link first goes up, attaches the link's default
+    qdisc then, and keeps it after the link goes down again. A spare uplink that MV6 brought
+    up and put down again as recorded differs in nothing else, and a down link sends nothing.
+    """
+    if "qdisc" in link and "UP" not in link.get("flags", []):
+        return {k: v for k, v in link.items() if k != "qdisc"}
+    return link
 
 
 def _matches_any_interface(section, key, value, patterns) -> bool:

@@ -419,3 +419,26 @@ def test_a_record_missing_another_section_is_refused():
     del truncated["sections"]["routes"]
     with pytest.raises(ValueError, match=r"^native state: section 'routes' is missing$"):
         _native.filter_state(truncated, EXCL_IF, EXCL_TABLES)
+
+
+def _spare(flags, qdisc):
+    return [{"ifindex": 11, "ifname": "spare0", "flags": flags, "mtu": 1500, "qdisc": qdisc}]
+
+
+def test_qdisc_of_a_down_link_is_not_compared():
+    """A spare uplink never up shows noop; after MV6 put it up and down again, noqueue."""
+    never_up = _state(ip_addr=_spare(["BROADCAST", "MULTICAST"], "noop"))
+    was_up = _state(ip_addr=_spare(["BROADCAST", "MULTICAST"], "noqueue"))
+    assert _native.diff_states(never_up, was_up) == []
+
+
+def test_qdisc_of_an_up_link_is_compared():
+    before = _state(ip_addr=_spare(["BROADCAST", "UP"], "noqueue"))
+    after = _state(ip_addr=_spare(["BROADCAST", "UP"], "fq_codel"))
+    assert _native.diff_states(before, after) == [
+        "links: changed spare0: qdisc noqueue -> fq_codel"
+    ]
+    down = _state(ip_addr=_spare(["BROADCAST"], "noqueue"))
+    assert any(
+        line.startswith("links: changed spare0") for line in _native.diff_states(before, down)
+    )
