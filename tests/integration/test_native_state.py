@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def netns():
         run("ip", "link", "set", "t-lab-a", "up")
         run("ip", "link", "set", "t-lab-b", "up")
         run("ip", "addr", "add", "198.51.100.10/24", "dev", "t-lab-a", "nodad")
+        # The kernel adds each veth's link-local address (and its local route) a moment after
+        # the carrier comes up: wait for it, or a record taken now differs from a later one.
+        deadline = time.monotonic() + 20
+        while True:
+            shown = run("ip", "-6", "-o", "addr", "show", "scope", "link")
+            ready = all(f"{dev} " in shown for dev in ("t-lab-a", "t-lab-b"))
+            if ready and "tentative" not in shown:
+                break
+            assert time.monotonic() < deadline, f"no link-local addresses yet: {shown}"
+            time.sleep(0.2)
         yield name, run
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
