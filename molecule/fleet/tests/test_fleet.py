@@ -111,12 +111,27 @@ def test_the_report_fails_when_a_planned_running_guest_was_not_audited(tmp_path,
     assert "planned to run on hv3" in report["guests"]["web6-3"][0]
 
 
-def test_guests_reach_each_other_across_hypervisors(plan_a):
-    addresses = fleet.guest_addresses(plan_a)
-    for src, host in SITE_A_GUESTS.items():
+def assert_guests_reach_each_other(addresses: dict[str, tuple[str, str]]) -> None:
+    """Every guest of fleet.guest_addresses() reaches every other one over the parallel net."""
+    for src, (host, _address) in addresses.items():
         for dst, (_host, address) in addresses.items():
             if dst != src:
                 assert fleet.guest_ping(host, src, address), f"{src} -> {dst} ({address})"
+
+
+def assert_hosts_take_no_l3_part(hosts, addresses: dict[str, tuple[str, str]], prefix: str):
+    """No host reaches a guest, and none holds an address of the parallel prefix."""
+    for host in hosts:
+        for name, (_host, address) in addresses.items():
+            proc = fleet.ssh(host, f"python3 /usr/local/lib/mv6-fleet/lab_site.py ping {address}")
+            assert proc.returncode != 0, f"{host} reached {name} at {address}"
+        addrs = fleet.ssh(host, "ip -6 -o addr show scope global; ip -4 -o addr show").stdout
+        assert prefix not in addrs, addrs
+
+
+def test_guests_reach_each_other_across_hypervisors(plan_a):
+    addresses = fleet.guest_addresses(plan_a)
+    assert_guests_reach_each_other(addresses)
 
 
 # (source guest's host, destination, what it stands for)
@@ -135,13 +150,9 @@ def test_guests_reach_nothing_native(plan_a, dst, what):
 
 def test_hosts_take_no_l3_part(plan_a):
     """No hypervisor can reach a guest: it has no address on the parallel network."""
-    addresses = fleet.guest_addresses(plan_a)
-    for host in ("hv1", "hv2", "hv3"):
-        for name, (_host, address) in addresses.items():
-            proc = fleet.ssh(host, f"python3 /usr/local/lib/mv6-fleet/lab_site.py ping {address}")
-            assert proc.returncode != 0, f"{host} reached {name} at {address}"
-        addrs = fleet.ssh(host, "ip -6 -o addr show scope global; ip -4 -o addr show").stdout
-        assert "2001:db8:600" not in addrs, addrs
+    assert_hosts_take_no_l3_part(
+        ("hv1", "hv2", "hv3"), fleet.guest_addresses(plan_a), "2001:db8:600"
+    )
 
 
 def plan_bytes() -> bytes:
@@ -273,19 +284,12 @@ def test_scenario_1_shared_layout_across_two_hosts(adoption):
     assert {e["subnet"] for e in shared["hosts"].values()} == {"2001:db8:700::/64"}
     addresses = fleet.guest_addresses(shared)
     assert set(addresses) == {"shared6-2", "shared6-3"}
+    assert_guests_reach_each_other(addresses)
     for src, (host, _address) in addresses.items():
         assert fleet.guest_ping(host, src, "2001:db8:700::1"), f"{src} -> the gateway"
-        for dst, (_host, address) in addresses.items():
-            if dst != src:
-                assert fleet.guest_ping(host, src, address), f"{src} -> {dst} ({address})"
         for dst, what in CROSS_FAMILY:
             assert not fleet.guest_ping(host, src, dst), f"{src} reached {what} ({dst})"
-    for host in ("hv2", "hv3"):
-        for name, (_host, address) in addresses.items():
-            proc = fleet.ssh(host, f"python3 /usr/local/lib/mv6-fleet/lab_site.py ping {address}")
-            assert proc.returncode != 0, f"{host} reached {name} at {address}"
-        addrs = fleet.ssh(host, "ip -6 -o addr show scope global; ip -4 -o addr show").stdout
-        assert "2001:db8:700" not in addrs, addrs
+    assert_hosts_take_no_l3_part(("hv2", "hv3"), addresses, "2001:db8:700")
 
 
 def test_site_b_ipv4_guests_on_an_ipv6_host():
