@@ -15,8 +15,11 @@
 #   scripts/fleet.sh probe start|stop NAME   probe every host's critical native service
 #   scripts/fleet.sh ssh HOST [CMD]   a shell (or a command) on a host, as the controller
 #
-# Topology, all made here (addresses are documentation prefixes only):
-#   controller (this machine's root namespace)
+# Topology, all made here (addresses are documentation prefixes only). Nothing of it is in
+# this machine's root network namespace, so other tests can run beside the fleet:
+#   namespace mv6f-ctl: the controller's management side. Only the SSH client
+#                                 ($state/bin/ssh, the inventories' ansible_ssh_executable and
+#                                 libvirt's qemu+ssh:// command) and the image server run in it
 #     mv6f-mN  --- mgmt0 of hvN   management, one link per host: 203.0.113.(4N-3)/30 to
 #                                 203.0.113.(4N-2)/30 (IPv4-native hosts), 2001:db8:ff:N::1/64
 #                                 to ::2 (IPv6-native hosts)
@@ -42,6 +45,7 @@ read -r -a hosts <<<"${MV6_FLEET_HOSTS:-${all_hosts[*]}}"
 lan_ns=mv6f-lan
 par_ns=mv6f-par
 rtr_ns=mv6f-rtr
+ctl_ns=mv6f-ctl
 critical_port=7070
 image_port=8099
 ssh_conf=/etc/ssh/ssh_config.d/mv6-fleet.conf
@@ -107,8 +111,21 @@ ssh_to() { # host command...
   shift
   local addr
   addr=$(mgmt_addr "$h" host)
-  ssh -F /dev/null -o BatchMode=yes -o ConnectTimeout=5 -o UserKnownHostsFile="$state/known_hosts" \
-    -o StrictHostKeyChecking=yes -i "$state/ssh/id_ed25519" "root@${addr%/*}" "$@"
+  "$state/bin/ssh" -F /dev/null -o BatchMode=yes -o ConnectTimeout=5 \
+    -i "$state/ssh/id_ed25519" "root@${addr%/*}" "$@"
+}
+
+# The controller's SSH client: ssh, in the management namespace, with the fleet's known hosts.
+# Ansible runs it as ansible_ssh_executable; libvirt's qemu+ssh:// as its command= (it passes
+# no options of ours, so the known hosts are given here).
+ssh_client() {
+  mkdir -p "$state/bin"
+  printf '%s\n' '#!/bin/sh' \
+    '# Written by mv6.transition scripts/fleet.sh; removed by "fleet.sh down".' \
+    "exec nsenter --net=/run/netns/$ctl_ns -- ssh -o UserKnownHostsFile=$state/known_hosts \\" \
+    '  -o StrictHostKeyChecking=yes "$@"' >"$state/bin/ssh.tmp"
+  chmod 0755 "$state/bin/ssh.tmp"
+  mv "$state/bin/ssh.tmp" "$state/bin/ssh"
 }
 
 # ------------------------------------------------------------------ the machine's record
@@ -132,6 +149,18 @@ record_machine() { # file: what this machine looks like outside what the fleet m
     echo "# ssh client config"
     find /etc/ssh/ssh_config.d/ -mindepth 1 -printf "%f\n" 2>/dev/null | sort
   } >"$1"
+}
+
+leftovers() { # what of the fleet is still there: nothing, after down
+  ip netns list | awk '{print "namespace " $1}' | grep ' mv6f-' || true
+  ip -o link show | awk -F': ' '{print "link " $2}' | grep ' mv6f-' || true
+  awk '{print "mount " $2}' /proc/mounts | grep -F " $state" || true
+  local h
+  for h in "${all_hosts[@]}"; do
+    if running "$h"; then echo "container $h"; fi
+  done
+  [[ -e $ssh_conf ]] && echo "file $ssh_conf"
+  return 0
 }
 
 # ------------------------------------------------------------------ the root filesystem
@@ -198,6 +227,7 @@ ensure_ns() {
 }
 
 switches_up() {
+  ensure_ns "$ctl_ns"
   ensure_ns "$lan_ns"
   ensure_ns "$par_ns"
   ensure_ns "$rtr_ns"
@@ -234,16 +264,16 @@ plug_host() {
   local h=$1 n ns
   n=$(host_index "$h")
   ns=$(ns_of "$h")
-  if ! ip link show "mv6f-m$n" >/dev/null 2>&1; then
-    ip link add "mv6f-m$n" type veth peer name mgmt0 netns "$ns"
+  if ! ip -n "$ctl_ns" link show "mv6f-m$n" >/dev/null 2>&1; then
+    ip -n "$ctl_ns" link add "mv6f-m$n" type veth peer name mgmt0 netns "$ns"
     if [[ $(native_family "$h") == ipv6 ]]; then
-      sysctl -q -w "net.ipv6.conf.mv6f-m$n.accept_ra=0"
-      ip addr add "$(mgmt_addr "$h" controller)" dev "mv6f-m$n" nodad
+      ip netns exec "$ctl_ns" sysctl -q -w "net.ipv6.conf.mv6f-m$n.accept_ra=0"
+      ip -n "$ctl_ns" addr add "$(mgmt_addr "$h" controller)" dev "mv6f-m$n" nodad
     else
-      sysctl -q -w "net.ipv6.conf.mv6f-m$n.disable_ipv6=1"
-      ip addr add "$(mgmt_addr "$h" controller)" dev "mv6f-m$n"
+      ip netns exec "$ctl_ns" sysctl -q -w "net.ipv6.conf.mv6f-m$n.disable_ipv6=1"
+      ip -n "$ctl_ns" addr add "$(mgmt_addr "$h" controller)" dev "mv6f-m$n"
     fi
-    ip link set "mv6f-m$n" up
+    ip -n "$ctl_ns" link set "mv6f-m$n" up
   fi
   if ! ip -n "$lan_ns" link show "lan$n" >/dev/null 2>&1; then
     ip -n "$lan_ns" link add "lan$n" type veth peer name lan0 netns "$ns"
@@ -261,7 +291,7 @@ plug_host() {
 unplug_host() {
   local h=$1 n
   n=$(host_index "$h")
-  ip link del "mv6f-m$n" 2>/dev/null || true
+  ip -n "$ctl_ns" link del "mv6f-m$n" 2>/dev/null || true
   ip -n "$lan_ns" link del "lan$n" 2>/dev/null || true
   local port
   for port in $(ip -n "$par_ns" -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep "^p${n}s" || true); do
@@ -385,23 +415,20 @@ known_hosts() {
     printf '%s %s\n' "${addr%/*}" "$(cut -d' ' -f1,2 "$state/$h/root/etc/ssh/ssh_host_ed25519_key.pub")" >>"$state/known_hosts.tmp"
   done
   mv "$state/known_hosts.tmp" "$state/known_hosts"
-  # libvirt's qemu+ssh:// runs the ssh client with no options of ours: this drop-in gives
-  # it the fleet's known hosts (for the fleet's addresses only).
-  cat >"$ssh_conf" <<EOF
-# Written by mv6.transition scripts/fleet.sh; removed by "fleet.sh down".
-Host 203.0.113.* 2001:db8:ff:*
-    UserKnownHostsFile $state/known_hosts
-    StrictHostKeyChecking yes
-EOF
 }
+
+# The fleet's own golden image directory, cached between runs like the root filesystem and
+# apart from /var/lib/mv6/images, which the lab, the tests and a purging teardown share.
+fleet_images_dir=${MV6_FLEET_IMAGES:-$cache/images}
 
 images() {
   [[ -s $state/images.yml ]] && return
-  say "building the golden images on the controller (cached in /var/lib/mv6/images)"
+  say "building the golden images on the controller (cached in $fleet_images_dir)"
   [[ -x $top/.venv/bin/ansible-playbook ]] || die "no venv: run 'make setup' first"
   PATH="$top/.venv/bin:$PATH" ANSIBLE_CONFIG="$top/ansible.cfg" timeout 2400 \
     "$top/.venv/bin/ansible-playbook" -i localhost, -c local \
     -e ansible_python_interpreter="$top/.venv/bin/python" -e fleet_images_file="$state/images.yml" \
+    -e mv6_golden_image_dir="$fleet_images_dir" -e mv6_golden_image_build_dir="$cache/golden-build" \
     "$top/scripts/fleet_images.yml" >"$state/images-build.log" 2>&1 ||
     die "the golden image build failed; see $state/images-build.log"
 }
@@ -439,7 +466,7 @@ image_server() {
   local pid=$state/images.pid h addrs=()
   if [[ -f $pid ]] && kill -0 "$(cat "$pid")" 2>/dev/null; then return; fi
   for h in "${hosts[@]}"; do addrs+=("$(mgmt_addr "$h" controller)"); done
-  setsid python3 "$top/scripts/fleet_site.py" serve-images "${MV6_FLEET_IMAGES:-/var/lib/mv6/images}" \
+  setsid nsenter --net="/run/netns/$ctl_ns" -- python3 "$top/scripts/fleet_site.py" serve-images "$fleet_images_dir" \
     "$image_port" "${addrs[@]%/*}" >"$state/images.log" 2>&1 </dev/null 9>&- &
   echo $! >"$pid"
 }
@@ -460,6 +487,7 @@ up() {
     for _ in $(seq 100); do [[ -s $state/$h/root/etc/ssh/ssh_host_ed25519_key.pub ]] && break; sleep 0.1; done
   done
   known_hosts
+  ssh_client
   import_lists
   image_server
   for h in "${hosts[@]}"; do wait_ssh "$h" 120; done
@@ -489,15 +517,30 @@ down() {
   # The router's services and radvd, and anything else started in the site's namespaces.
   kill_ns_processes "$rtr_ns"
   kill_ns_processes "$lan_ns"
+  kill_ns_processes "$ctl_ns"
+  ip netns del "$ctl_ns" 2>/dev/null || true
   ip netns del "$rtr_ns" 2>/dev/null || true
   ip netns del "$par_ns" 2>/dev/null || true
   ip netns del "$lan_ns" 2>/dev/null || true
-  rm -f "$ssh_conf"
+  rm -f "$ssh_conf" # written by the fleet before its management side had a namespace
+  local left
+  left=$(leftovers)
+  if [[ -n $left ]]; then
+    printf '%s\n' "$left" >&2
+    say "the fleet left the objects above behind"
+    rc=1
+  fi
   if [[ -f $state/machine-before.txt ]]; then
     record_machine "$state/machine-after.txt"
     if ! diff -u "$state/machine-before.txt" "$state/machine-after.txt"; then
-      say "this machine differs from its record before the fleet (above)"
-      rc=1
+      if [[ ${MV6_FLEET_SHARED_MACHINE:-0} == 1 ]]; then
+        # make test runs the other tiers beside the fleet: what they made and removed
+        # meanwhile is theirs. The fleet's own objects are checked above, strictly.
+        say "this machine changed while the fleet was up (above); other tests share it (MV6_FLEET_SHARED_MACHINE=1)"
+      else
+        say "this machine differs from its record before the fleet (above)"
+        rc=1
+      fi
     fi
   fi
   if ((rc == 0)); then
@@ -512,8 +555,8 @@ status() {
   for h in "${all_hosts[@]}"; do
     n=$(host_index "$h")
     if running "$h"; then
-      printf '%s  up    %-5s native %-20s ssh -F /dev/null -i %s -o UserKnownHostsFile=%s root@%s\n' \
-        "$h" "$(native_family "$h")" "$(native_addr "$h")" "$state/ssh/id_ed25519" "$state/known_hosts" \
+      printf '%s  up    %-5s native %-20s %s/bin/ssh -i %s root@%s\n' \
+        "$h" "$(native_family "$h")" "$(native_addr "$h")" "$state" "$state/ssh/id_ed25519" \
         "$(mgmt_addr "$h" host | cut -d/ -f1)"
     elif [[ -d $state/$h ]]; then
       printf '%s  down\n' "$h"
@@ -532,8 +575,8 @@ restart() {
   wait_ssh "$h" 120
 }
 
-cut_mgmt() { ip link set "mv6f-m$(host_index "$1")" down; }
-mend_mgmt() { ip link set "mv6f-m$(host_index "$1")" up; }
+cut_mgmt() { ip -n "$ctl_ns" link set "mv6f-m$(host_index "$1")" down; }
+mend_mgmt() { ip -n "$ctl_ns" link set "mv6f-m$(host_index "$1")" up; }
 
 probe() { # start|stop NAME
   local verb=$1 name=$2 h addr

@@ -18,6 +18,7 @@ def libvirt_uri(target, explicit=""):
             user=target.get("user") or None,
             port=target.get("port") or None,
             keyfile=target.get("keyfile") or None,
+            ssh_executable=target.get("ssh_executable") or None,
             explicit=str(explicit or ""),
         )
     except ValueError as e:

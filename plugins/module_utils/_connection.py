@@ -16,6 +16,8 @@ from urllib.parse import quote
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # A DNS name, an FQDN with its trailing dot, or an ssh_config alias (underscores allowed):
 # whatever ssh accepts, as long as it cannot end the URI's authority part.
+# libvirt runs it without a shell: a bare name looked up in PATH, or an absolute path.
+_EXECUTABLE = re.compile(r"^(/[^\x00-\x1f]*[^/\x00-\x1f]|[A-Za-z0-9_.+-]+)$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
 
 
@@ -39,13 +41,16 @@ def libvirt_uri(
     port: int | str | None = None,
     keyfile: str | None = None,
     explicit: str = "",
+    ssh_executable: str | None = None,
 ) -> str:
     """The libvirt URI through which the controller reaches the guests of a hypervisor.
 
     *explicit* (mv6_guest_libvirt_uri) wins. A hypervisor managed with connection ``local``
     is the controller itself: ``qemu:///system``. Otherwise ``qemu+ssh://`` with the
-    inventory's user, address, port and private key, and ``no_tty=1`` so that a missing key
-    fails at once instead of asking for a password (AWX has no terminal).
+    inventory's user, address, port and private key, the inventory's SSH client
+    (``ansible_ssh_executable``, libvirt's ``command=``) when it is not plain ``ssh``, and
+    ``no_tty=1`` so that a missing key fails at once instead of asking for a password (AWX
+    has no terminal).
     """
     if explicit:
         return explicit
@@ -69,5 +74,12 @@ def libvirt_uri(
     query = []
     if keyfile:
         query.append("keyfile=" + quote(str(keyfile), safe="/._-~"))
+    if ssh_executable and str(ssh_executable) != "ssh":
+        if not _EXECUTABLE.match(str(ssh_executable)):
+            raise ValueError(
+                f"ansible_ssh_executable: {ssh_executable!r} is not a command name or an"
+                " absolute path"
+            )
+        query.append("command=" + quote(str(ssh_executable), safe="/._-~"))
     query.append("no_tty=1")
     return f"qemu+ssh://{authority}/system?" + "&".join(query)

@@ -17,7 +17,8 @@ description:
     ports and the uplink; the per-interface sysctls that keep the host out of L3 on them;
     the nftables C(bridge) table with its chains, counters and port set (counter values are
     returned); NICs of MV6 guests (see O(guests)) attached anywhere but the parallel bridge; QEMU
-    processes running as root."
+    processes running as root. Processes are those of the module's own PID namespace: a
+    container on the host is another system."
   - "Guest side (Python standard library, C(ip), C(ss) and C(nft) only, no libvirt): addresses
     and routes of the wrong family outside loopback; listening sockets of the wrong family;
     DHCP clients of the wrong family (C(dhclient), C(dhcpcd), C(udhcpc), systemd-networkd
@@ -187,10 +188,22 @@ def read_proc(path):
 
 
 def processes():
+    """The processes of this host: those of its own PID namespace. A container on the host
+    (another PID namespace) is another system, with its own QEMU and network clients."""
     procs = []
+    try:
+        own = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        own = None
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        if own is not None:
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") != own:
+                    continue
+            except OSError:
+                continue
         comm = read_proc(f"/proc/{entry}/comm")
         status = read_proc(f"/proc/{entry}/status")
         cmdline = read_proc(f"/proc/{entry}/cmdline")

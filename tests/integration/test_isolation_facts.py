@@ -306,3 +306,47 @@ def test_libvirt_reprobing_qemu_is_reported(host):
     assert "probes QEMU again" in found[0]["reason"] and "/dev/kvm" in found[0]["reason"]
     assert broken["facts"]["capabilities_cache"], "the cache directory was not read"
     assert [v for v in fixed["violations"] if v["check"] == "libvirt_reprobe"] == []
+
+
+def _root_process_named(name: str, workdir: Path, *, own_pid_namespace: bool):
+    """A root process whose comm is *name* (a copy of sleep): in this PID namespace, or in a
+    PID namespace of its own, as a container's processes are."""
+    exe = workdir / name
+    exe.write_bytes(Path("/bin/sleep").read_bytes())
+    exe.chmod(0o755)
+    argv = [str(exe), "300"]
+    if own_pid_namespace:
+        argv = ["unshare", "--pid", "--fork", "--kill-child", *argv]
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+        if found.split():
+            return proc, int(found.split()[0])
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"{name} did not start")
+
+
+@pytest.mark.parametrize("container", [False, True], ids=["this-host", "in-a-container"])
+def test_root_qemu_is_reported_only_in_the_hosts_own_pid_namespace(host, tmp_path, container):
+    """A QEMU running as root on this host is a violation. One in another PID namespace (a
+    container on the host, such as the fleet's hypervisors with their own guests) belongs to
+    another system: it is neither reported nor listed."""
+    name = "qemu-system-thv"  # 15 characters: all of comm
+    proc, pid = _root_process_named(name, tmp_path, own_pid_namespace=container)
+    try:
+        result = audit()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        subprocess.run(["pkill", "-KILL", "-x", name], check=False)
+    listed = [p for p in result["facts"]["qemu_processes"] if p["pid"] == pid]
+    found = [
+        v for v in result["violations"] if v["check"] == "qemu_root" and str(pid) in v["object"]
+    ]
+    if container:
+        assert listed == [] and found == [], (listed, found)
+    else:
+        assert [p["uid"] for p in listed] == [0], result["facts"]["qemu_processes"]
+        assert len(found) == 1 and "runs as uid 0" in found[0]["reason"], result["violations"]

@@ -41,6 +41,21 @@ OK = [
         dict(connection="ssh", host="fe80::1%mgmt0"),
         "qemu+ssh://[fe80::1%25mgmt0]/system?no_tty=1",
     ),
+    (
+        "ssh-executable",
+        dict(connection="ssh", host="hv1", keyfile="/k/id", ssh_executable="/var/lib/f/bin/ssh"),
+        "qemu+ssh://hv1/system?keyfile=/k/id&command=/var/lib/f/bin/ssh&no_tty=1",
+    ),
+    (
+        "ssh-executable-plain-ssh-left-out",
+        dict(connection="ssh", host="hv1", ssh_executable="ssh"),
+        "qemu+ssh://hv1/system?no_tty=1",
+    ),
+    (
+        "ssh-executable-name-escaped",
+        dict(connection="ssh", host="hv1", ssh_executable="/opt/my ssh&x=1"),
+        "qemu+ssh://hv1/system?command=/opt/my%20ssh%26x%3D1&no_tty=1",
+    ),
     ("ssh-alias", dict(connection="ssh", host="hv_1"), "qemu+ssh://hv_1/system?no_tty=1"),
     (
         "fqdn-dot",
@@ -80,6 +95,17 @@ BAD = [
         "port-range",
         dict(connection="ssh", host="hv1", port=70000),
         "ansible_port: 70000 is not a port number",
+    ),
+    (
+        "ssh-executable-relative-path",
+        dict(connection="ssh", host="hv1", ssh_executable="bin/ssh"),
+        "ansible_ssh_executable: 'bin/ssh' is not a command name or an absolute path",
+    ),
+    (
+        "ssh-executable-newline",
+        dict(connection="ssh", host="hv1", ssh_executable="/bin/ssh\n-oProxyCommand=x"),
+        "ansible_ssh_executable: '/bin/ssh\\n-oProxyCommand=x' is not a command name or an"
+        " absolute path",
     ),
 ]
 

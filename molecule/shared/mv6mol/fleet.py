@@ -30,6 +30,7 @@ FLEET_SITE = PROJECT / "scripts" / "fleet_site.py"
 LAB_SITE = (PROJECT / "scripts" / "lab_site.py").read_bytes()
 STATE = Path("/var/lib/mv6-fleet")
 KEY = STATE / "ssh" / "id_ed25519"
+SSH = STATE / "bin" / "ssh"  # the controller's client, in the management namespace
 SITE_A = PROJECT / "inventories" / "fleet"
 SITE_B = PROJECT / "inventories" / "fleet_v4"
 SITE_A_SHARED = PROJECT / "inventories" / "fleet_shared"
@@ -218,7 +219,7 @@ def allocations(plan_data: dict, host: str) -> dict:
 def uri(host: str) -> str:
     addr = MGMT[host]
     addr = f"[{addr}]" if ":" in addr else addr
-    return f"qemu+ssh://root@{addr}/system?keyfile={KEY}&no_tty=1"
+    return f"qemu+ssh://root@{addr}/system?keyfile={KEY}&command={SSH}&no_tty=1"
 
 
 def guest(host: str, name: str) -> Guest:
