@@ -24,9 +24,11 @@ stop_fleet() { # the fleet's run is still going: stop it and take the fleet down
   [[ -n $fleet_pid ]] || return 0
   if kill -0 "$fleet_pid" 2>/dev/null; then
     stamp "stopping the fleet scenario (the other tiers failed or were interrupted)"
-    kill -TERM -- "-$fleet_pid" 2>/dev/null || true
-    for _ in $(seq 60); do kill -0 "$fleet_pid" 2>/dev/null || break; sleep 1; done
-    kill -KILL -- "-$fleet_pid" 2>/dev/null || true
+    # Its whole session: timeout(1) puts molecule in a process group of its own. The
+    # containers and probes are in sessions of their own too; fleet.sh down removes them.
+    pkill -TERM -s "$fleet_pid" 2>/dev/null || true
+    for _ in $(seq 60); do pgrep -s "$fleet_pid" >/dev/null || break; sleep 1; done
+    pkill -KILL -s "$fleet_pid" 2>/dev/null || true
     timeout 300 bash scripts/fleet.sh down >>"$fleet_log" 2>&1 || true
   fi
   fleet_pid=""
@@ -36,7 +38,7 @@ trap 'exit 130' INT TERM
 
 if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
   stamp "fleet scenario started beside the other tiers; its log: $fleet_log"
-  # A session (and process group) of its own, so that it can be stopped as a whole.
+  # A session of its own, so that it can be stopped as a whole (stop_fleet).
   # shellcheck disable=SC2016 # $1 and $2 expand in the inner shell
   MV6_FLEET_SHARED_MACHINE=1 setsid bash -c \
     'make molecule SCENARIOS=fleet >"$1" 2>&1; echo $? >"$2"' _ "$fleet_log" "$logs/fleet.rc" &

@@ -320,7 +320,9 @@ def _root_process_named(name: str, workdir: Path, *, own_pid_namespace: bool):
     proc = subprocess.Popen(argv)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+        found = subprocess.run(
+            ["pgrep", "-x", name], capture_output=True, text=True, check=False
+        ).stdout
         if found.split():
             return proc, int(found.split()[0])
         time.sleep(0.1)
