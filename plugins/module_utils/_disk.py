@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
+
+from ansible_collections.mv6.transition.plugins.module_utils import _names
 
 PERSISTENT = "persistent.qcow2"
 SESSION = "session.qcow2"
@@ -22,16 +23,12 @@ SIDECAR_SUFFIX = ".json"
 SIDECAR_KIND = "mv6-guest-disk-backup"
 SIDECAR_VERSION = 1
 
-_GUEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
 
 def validate_guest_name(name: str) -> str:
-    """Return ``name`` if it can be a directory name under the guests directory."""
-    if not isinstance(name, str) or not _GUEST_NAME.match(name) or ".." in name:
-        raise ValueError(
-            f"name: {name!r} is not a valid guest name (letters, digits, '_', '.', '-', "
-            "1-63 characters, starting with a letter or digit, no '..')"
-        )
+    """Return ``name`` if it is a guest name (the planner's rule, module_utils/_names.py),
+    which is also a safe directory name under the guests directory."""
+    if not _names.is_guest_name(name):
+        raise ValueError(f"name: {name!r} is not a valid guest name ({_names.GUEST_NAME_RULE})")
     return name
 
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from operator import itemgetter
 
+from ansible_collections.mv6.transition.plugins.module_utils import _names
+
 try:
     import netaddr
 except ImportError:  # pragma: no cover - reported by require_netaddr()
@@ -77,8 +79,6 @@ MAC_SHARED_SLOTS = 1 << 32
 GATEWAY_OFFSET = 1
 FIRST_GUEST_OFFSET = 2
 
-_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _NTOP = socket.inet_ntop
 _AF = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 _BITS = {"ipv4": 32, "ipv6": 128}
@@ -218,9 +218,9 @@ def _parse_family(native_family: object) -> str:
 
 
 def _parse_ifname(name: str, value: object) -> str:
-    if not isinstance(value, str) or not _IFNAME.fullmatch(value):
+    if not _names.is_interface_name(value):
         raise ValueError(
-            f"{name}: must be an interface name of 1 to 15 letters, digits or _.:-, got {value!r}"
+            f"{name}: must be an interface name ({_names.INTERFACE_NAME_RULE}), got {value!r}"
         )
     return value
 
@@ -397,7 +397,9 @@ def _check_in_subnet(name: str, addr: int, site: Site, base: int, family: str) -
 
 
 _STATE_RELEASED = {"running": False, "stopped": False, "absent": True}
-_NAMES = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\n)*")
+# Every name of a host's guests at once (one match over the joined names is much faster at
+# fleet scale than one per guest): the guest-name rule of _names, once per line.
+_NAMES = re.compile(f"(?:{_names.GUEST_NAME.pattern}\n)*")
 
 
 class HostGuests:
@@ -527,10 +529,10 @@ def _guest_error(host: str, i: int, g: object) -> None:
             f"known keys: {', '.join(sorted(GUEST_KEYS))}"
         )
     name = g.get("name")
-    if not isinstance(name, str) or _HOSTNAME.fullmatch(name) is None:
+    if not _names.is_guest_name(name):
         raise ValueError(
             f"mv6_guests[{i}].name {where}: {name!r} is not a valid hostname "
-            f"(1 to 63 lowercase letters, digits or '-', not starting or ending with '-')"
+            f"({_names.GUEST_NAME_RULE})"
         )
     for key, (low, high) in GUEST_INT_RANGES.items():
         v = g.get(key, low)

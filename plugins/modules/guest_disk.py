@@ -27,6 +27,8 @@ options:
   name:
     description:
       - Name of the guest. Its layers live in O(guests_dir)/O(name)/.
+      - The planner's guest-name rule (one lowercase DNS label of 1 to 63 letters, digits or
+        C(-), not starting or ending with C(-)); anything else fails before any change.
     type: str
     required: true
   op:

@@ -184,6 +184,11 @@ def test_bad_input_fails_before_any_change(lab):
     rc, out, _recap = run(lab, [{"name": GUEST, "persistence": "sometimes"}])
     assert rc != 0
     assert "persistence" in out and "sometimes" in out
+    # The planner's name rule, even for a guest to remove (which needs no plan slot): the
+    # role took "Web6" before, which the planner refuses.
+    rc, out, _recap = run(lab, [{"name": "Web6", "state": "absent"}])
+    assert rc != 0
+    assert "mv6_guests[0].name: must be a guest name" in out and "Web6" in out
     assert not (WORK / "guests" / GUEST).exists(), "bad input must change nothing"
     assert GUEST not in sh("virsh", "-q", "-c", URI, "list", "--all", "--name").stdout.split()
 

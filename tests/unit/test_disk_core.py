@@ -43,16 +43,19 @@ GOOD_SESSION_CHAIN = chain(layer(SESSION, PERSISTENT), layer(PERSISTENT, GOLDEN)
 
 
 # --- names and paths ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["web6", "a", "lab-6.v4_x", "A" * 63])
+@pytest.mark.parametrize("name", ["web6", "a", "lab-6-v4", "a" * 63])
 def test_valid_guest_names(name):
     assert _disk.validate_guest_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "-x", "a..b", "A" * 64, "a b"])
+BAD_NAMES = ["", "../x", "a/b", ".hidden", "-x", "a..b", "a" * 64, "a b", "Web6", "web_6", "a.b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
 def test_invalid_guest_names(name):
     msg = (
-        f"name: {name!r} is not a valid guest name (letters, digits, '_', '.', '-', "
-        "1-63 characters, starting with a letter or digit, no '..')"
+        f"name: {name!r} is not a valid guest name (1 to 63 lowercase letters, digits or '-', "
+        "not starting or ending with '-')"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
         _disk.validate_guest_name(name)

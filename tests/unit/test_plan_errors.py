@@ -500,8 +500,8 @@ CASES = [
         {**V6, "bridge": "mv6-parallel-bridge"},
         {},
         {},
-        "mv6_parallel.bridge: must be an interface name of 1 to 15 letters, digits or _.:-, "
-        "got 'mv6-parallel-bridge'",
+        "mv6_parallel.bridge: must be an interface name (1 to 15 letters, digits or '_', '.', "
+        "'-', starting with a letter, a digit or '_'), got 'mv6-parallel-bridge'",
     ),
     (
         "address-wrong-family",

@@ -1,0 +1,35 @@
+# Copyright (c) mv6.transition developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The collection's name rules, written once: the planner (_plan), the disk core (_disk), the
+roles (through the ``mv6.transition.guest_name`` and ``interface_name`` tests) and the
+modules all use these. There were four guest-name rules that disagreed (``Web6`` was refused
+by the planner and accepted by the guest role and guest_disk) and two interface-name rules.
+
+PRIVATE to the collection: no compatibility promise. No Ansible imports.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A guest name is its host name (one DNS label, RFC 1123, lowercase), its libvirt domain name
+# and its directory under the guests directory: nothing in it can climb out of a path.
+GUEST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+GUEST_NAME_RULE = "1 to 63 lowercase letters, digits or '-', not starting or ending with '-'"
+
+# An interface name the kernel accepts for a new link (at most 15 bytes; no '/', ':' or
+# white space) that is also no option for ip(8) and no hidden or relative path: it starts
+# with a letter, a digit or '_'.
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
+INTERFACE_NAME_RULE = (
+    "1 to 15 letters, digits or '_', '.', '-', starting with a letter, a digit or '_'"
+)
+
+
+def is_guest_name(value: object) -> bool:
+    return isinstance(value, str) and GUEST_NAME.fullmatch(value) is not None
+
+
+def is_interface_name(value: object) -> bool:
+    return isinstance(value, str) and INTERFACE_NAME.fullmatch(value) is not None
