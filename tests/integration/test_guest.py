@@ -219,6 +219,26 @@ def test_second_run_changes_nothing(lab):
     assert recap["changed"] == 0, out[-4000:]
 
 
+def test_new_definition_of_a_running_guest_waits_for_its_next_start(lab):
+    """Another memory size for a running guest: the domain is defined again, the run says the
+    change waits for the next start, and the guest keeps running on the old definition. (The
+    note read ``.state`` from the domain's state string and failed the run.)"""
+    pid = sh("pgrep", "-f", f"guest={GUEST},").stdout.split()[0]
+    try:
+        rc, out, _recap = run(lab, [dict(GUEST_ITEM, memory_mib=416)])
+        assert rc == 0, out[-4000:]
+        assert f"{GUEST}: new domain definition; it takes effect at the guest's next" in out
+        assert (
+            "<memory unit='KiB'>425984</memory>"
+            in sh("virsh", "-c", URI, "dumpxml", "--inactive", GUEST).stdout
+        )
+        assert sh("pgrep", "-f", f"guest={GUEST},").stdout.split()[0] == pid
+        assert agent(GUEST, {"execute": "guest-ping"}) == {}
+    finally:
+        rc, out, _recap = run(lab, [GUEST_ITEM])  # the definition the next tests expect
+    assert rc == 0, out[-4000:]
+
+
 def test_check_mode_changes_nothing(lab):
     before = sh("virsh", "-c", URI, "dumpxml", "--inactive", GUEST).stdout
     rc, out, recap = run(lab, [GUEST_ITEM], "--check")
