@@ -39,10 +39,9 @@ trap 'exit 130' INT TERM
 if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
   stamp "fleet scenario started beside the other tiers; its log: $fleet_log"
   # A session of its own, so that it can be stopped as a whole (stop_fleet). Niced, with
-  # everything it starts (its containers, their libvirtd and guests inherit it): the fleet
-  # takes the CPU the other tiers leave, instead of its many TCG and Ansible threads taking
-  # most of both cores from them (side by side at the same priority, the integration tier
-  # ran three times slower than alone).
+  # everything it starts (its containers, their libvirtd and guests inherit it), so that the
+  # fleet's many TCG and Ansible threads yield the cores to the other tiers. Measured once, it
+  # did not make the integration tier faster (docs/testing.md, "The whole run").
   # shellcheck disable=SC2016 # $1 and $2 expand in the inner shell
   MV6_FLEET_SHARED_MACHINE=1 nice -n "${MV6_TEST_FLEET_NICE:-10}" setsid bash -c \
     'make molecule SCENARIOS=fleet >"$1" 2>&1; echo $? >"$2"' _ "$fleet_log" "$logs/fleet.rc" &

@@ -14,10 +14,11 @@ import re
 from urllib.parse import quote
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# The SSH client libvirt runs without a shell: a bare name looked up in PATH, or an absolute
+# path (no control characters).
+_EXECUTABLE = re.compile(r"^(/[^\x00-\x1f]*[^/\x00-\x1f]|[A-Za-z0-9_.+-]+)$")
 # A DNS name, an FQDN with its trailing dot, or an ssh_config alias (underscores allowed):
 # whatever ssh accepts, as long as it cannot end the URI's authority part.
-# libvirt runs it without a shell: a bare name looked up in PATH, or an absolute path.
-_EXECUTABLE = re.compile(r"^(/[^\x00-\x1f]*[^/\x00-\x1f]|[A-Za-z0-9_.+-]+)$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
 
 
