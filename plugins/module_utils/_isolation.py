@@ -35,6 +35,7 @@ HOST_SYSCTLS = {
 HOST_CHAINS = (
     "parallel_input",
     "parallel_output",
+    "parallel_prerouting",
     "parallel_forward",
     "from_parallel_port",
 )
@@ -46,8 +47,14 @@ HOST_COUNTERS = (
     "drop_ethertype",
     "drop_spoof_mac",
     "drop_spoof_ip",
+    "drop_nd_spoof",
+    "drop_frag",
     "drop_ra_guard",
+    "drop_redirect",
+    "drop_mld_query",
     "drop_dhcp_guard",
+    "drop_uplink_spoof",
+    "drop_fdb_limit",
     "drop_unknown_port",
     "pass_forward",
 )
@@ -173,7 +180,7 @@ def check_nft_table(
         if name not in chains:
             found.append(violation("nft_chain", f"{obj} {name}", f"chain {name} is missing"))
     hooks = {c.get("hook") for c in chains.values() if c.get("hook")}
-    for hook in ("input", "output", "forward"):
+    for hook in ("prerouting", "input", "output", "forward"):
         if hook not in hooks:
             found.append(violation("nft_chain", obj, f"no base chain on the {hook} hook"))
     counters = {
@@ -199,6 +206,58 @@ def check_nft_table(
                     )
                 )
     return found, counters
+
+
+def check_port_fdb(link_json: list, fdb_json: list, bridge: str, port_macs: dict) -> list[dict]:
+    """Each guest port on *bridge* learns nothing and holds its planned MAC, static and sticky.
+
+    *link_json* is ``ip -j -d link show``, *fdb_json* ``bridge -j fdb show br BRIDGE``,
+    *port_macs* ``{port: planned MAC}``. Ports that are not on the bridge now are skipped
+    (a stopped guest has no tap).
+    """
+    found = []
+    on_bridge = {link.get("ifname"): link for link in link_json if link.get("master") == bridge}
+    for port, mac in sorted(port_macs.items()):
+        link = on_bridge.get(port)
+        if link is None:
+            continue
+        mac = mac.lower()
+        slave = (link.get("linkinfo") or {}).get("info_slave_data") or {}
+        if slave.get("learning", True):
+            found.append(
+                violation(
+                    "port_fdb",
+                    port,
+                    f"learning is on: a frame with another guest's source MAC would move that"
+                    f" MAC's FDB entry to {port}",
+                )
+            )
+        entries = [e for e in fdb_json if e.get("ifname") == port and e.get("master") == bridge]
+        pinned = [
+            e
+            for e in entries
+            if str(e.get("mac", "")).lower() == mac
+            and e.get("state") == "static"
+            and "sticky" in (e.get("flags") or [])
+        ]
+        if not pinned:
+            found.append(
+                violation(
+                    "port_fdb",
+                    port,
+                    f"the guest's MAC {mac} is not a static sticky FDB entry on {port}",
+                )
+            )
+        learned = sorted(
+            str(e.get("mac")).lower()
+            for e in entries
+            if e.get("state") in (None, "", "stale") and str(e.get("mac", "")).lower() != mac
+        )
+        if learned:
+            found.append(
+                violation("port_fdb", port, f"{port} learned MACs not its guest's: {learned}")
+            )
+    return found
 
 
 GUARD_CHAINS = ("parallel_host_input", "parallel_host_output")

@@ -50,6 +50,14 @@ options:
     type: list
     elements: str
     default: []
+  port_macs:
+    description:
+      - The planned MAC of each guest port (C({port: mac}), for example from the plan's
+        C(port) and C(mac) entries), O(scope=host). Each of these ports that is on the bridge
+        must have learning off and its MAC as a static, sticky FDB entry, and must have
+        learned no other MAC.
+    type: dict
+    default: {}
   nft_table:
     description:
       - Name of the C(bridge) table on the host (O(scope=host)) or of the C(inet) table in
@@ -303,6 +311,12 @@ def host_checks(module, params):
         }
     violations += iso.check_sysctls(sysctls)
 
+    fdb = []
+    if params["port_macs"] and bridge in existing:
+        bridge_bin = module.get_bin_path("bridge", required=True)
+        fdb = run_json(module, [bridge_bin, "-j", "fdb", "show", "br", bridge])
+        violations += iso.check_port_fdb(links, fdb, bridge, params["port_macs"])
+
     table_json = run_json(module, [nft, "-j", "list", "table", "bridge", table], missing_ok=True)
     nft_violations, counters = iso.check_nft_table(
         table_json, table, [p for p in expected_ports if p in existing]
@@ -345,6 +359,11 @@ def host_checks(module, params):
             iso.sysctl_key(iso.sysctl_path(t, ifname)): v.strip() if v else v
             for ifname, reads in sysctls.items()
             for t, v in reads.items()
+        },
+        "pinned_macs": {
+            e["ifname"]: str(e.get("mac")).lower()
+            for e in fdb
+            if e.get("ifname") in params["port_macs"] and e.get("state") == "static"
         },
         "nft_table_present": table_json is not None,
         "host_guard_present": guard_json is not None,
@@ -423,6 +442,7 @@ def main():
             "bridge": {"type": "str"},
             "uplink": {"type": "str"},
             "ports": {"type": "list", "elements": "str", "default": []},
+            "port_macs": {"type": "dict", "default": {}},
             "nft_table": {"type": "str"},
             "host_guard": {"type": "bool", "default": True},
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},

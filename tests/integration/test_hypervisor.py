@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import grp
 import json
+import re
 import signal
 import subprocess
 import time
@@ -43,6 +44,7 @@ MAC = {"g0": "02:6d:76:00:00:01", "g1": "02:6d:76:00:00:02", "up": "02:6d:76:00:
 ADDR = {"g0": "2001:db8:6:1::10", "g1": "2001:db8:6:1::11", "up": "2001:db8:6:1::1"}
 LL = {"g0": "fe80::6d:76ff:fe00:1", "g1": "fe80::6d:76ff:fe00:2"}
 SCAPY_PYTHON = "/usr/bin/python3"
+UPLINK_MAX_MACS = 64
 
 PLAYBOOK = """\
 - name: Hypervisor role under test
@@ -85,6 +87,29 @@ if kind == "echo":
     sys.exit(0 if len(answered) else 1)
 sendp(frame, iface="eth0", count=count, verbose=False)
 """
+
+
+def l2only_helper(table: str) -> str:
+    """The helper the role installs for *table* (the libvirt hook calls it for new taps)."""
+    return f"/usr/local/sbin/{table.replace('_', '-')}-l2only"
+
+
+def fdb(bridge: str) -> list[dict]:
+    return json.loads(sh("bridge", "-j", "fdb", "show", "br", bridge).stdout)
+
+
+def pinned(bridge: str, port: str) -> list[str]:
+    """The static sticky MACs on *port*."""
+    return sorted(
+        e["mac"]
+        for e in fdb(bridge)
+        if e.get("ifname") == port and e.get("state") == "static" and "sticky" in e.get("flags", [])
+    )
+
+
+def learned(bridge: str, port: str) -> list[str]:
+    """The MACs the bridge learned on *port* (dynamic entries)."""
+    return sorted(e["mac"] for e in fdb(bridge) if e.get("ifname") == port and not e.get("state"))
 
 
 def ns_exec(ns: str, *argv: str, check: bool = True, timeout: float = 30):
@@ -226,6 +251,7 @@ def site(tmp_path_factory):
         # The table sees every bridge of the host: never let the test table claim the lab's
         # mv6p* taps.
         "mv6_hypervisor_port_pattern": "t-hvp*",
+        "mv6_hypervisor_uplink_max_macs": UPLINK_MAX_MACS,
     }
     state = {"workdir": workdir, "playbook": playbook, "extra": extra, "before": before}
     # The KVM device as a host without udev has it (root:root 0600): the role must give it
@@ -250,10 +276,12 @@ def site(tmp_path_factory):
             sh("ip", "-n", ns, "link", "set", ifc, "up")
 
         state["run1"] = run_playbook(playbook, extra)
-        # libvirt attaches taps to the bridge; here the test does it for its veth "taps".
+        # libvirt attaches taps to the bridge and runs the role's hook, which calls the L2-only
+        # helper; here the test does both for its veth "taps".
         for port in PORTS:
             sh("ip", "link", "set", port, "master", BRIDGE)
             sh("ip", "link", "set", port, "up")
+        sh(l2only_helper(TABLE), *PORTS)
         state["run2"] = run_playbook(playbook, extra)
         state["check"] = run_playbook(playbook, extra, check=True)
         state["after_check"] = native_snapshot()
@@ -472,6 +500,199 @@ def test_host_answers_no_arp_or_nd(site, tmp_path):
             assert cap.count(f"ether src {mac}") == 0, f"host MAC {mac} spoke on the segment"
 
 
+# --- a guest with root: neighbour discovery, router and FDB attacks -------------------------
+# Each frame is sent by scapy inside the attacker's namespace (g0, not the router) and looked
+# for at the victim (g1) and beyond the uplink; each class has its own drop counter.
+
+ATTACK6 = r"""
+import json, sys
+from scapy.all import (UDP, Ether, ICMPv6EchoRequest, ICMPv6MLQuery, ICMPv6ND_NA, ICMPv6ND_NS,
+                       ICMPv6ND_RA, ICMPv6ND_Redirect, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr,
+                       IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, PadN,
+                       Raw, RouterAlert, fragment6, sendp)
+kind, a = sys.argv[1], json.loads(sys.argv[2])
+mac, ip, ll = a["mac"], a["ip"], a["ll"]
+all_nodes = Ether(src=mac, dst="33:33:00:00:00:01")
+def na(target, tlla):
+    return (all_nodes / IPv6(src=ip, dst="ff02::1", hlim=255)
+            / ICMPv6ND_NA(tgt=target, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=tlla))
+big = IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 200)])
+frames = {
+    # the victim's address, the attacker's MAC: the attack of the issue
+    "na_victim": lambda: [na(a["victim_ip"], mac)],
+    # its own address, another MAC in the option
+    "na_other_mac": lambda: [na(ip, a["victim_mac"])],
+    # its own address and MAC, then a second option naming the victim's MAC
+    "na_two_options": lambda: [na(ip, mac) / ICMPv6NDOptDstLLAddr(lladdr=a["victim_mac"])],
+    "ns_other_mac": lambda: [all_nodes / IPv6(src=ip, dst="ff02::1", hlim=255)
+                             / ICMPv6ND_NS(tgt=a["victim_ip"])
+                             / ICMPv6NDOptSrcLLAddr(lladdr=a["victim_mac"])],
+    "nd_behind_ext": lambda: [all_nodes / IPv6(src=ip, dst="ff02::1", hlim=255)
+                              / IPv6ExtHdrDestOpt() / ICMPv6ND_NA(tgt=ip, O=1)
+                              / ICMPv6NDOptDstLLAddr(lladdr=mac)],
+    # RFC 7113: the ICMPv6 header only in the second fragment
+    "ra_fragmented": lambda: [all_nodes / f for f in fragment6(
+        IPv6(src=ll, dst="ff02::1", hlim=255) / IPv6ExtHdrFragment(id=7113) / big
+        / ICMPv6ND_RA(), 120)],
+    "echo_fragmented": lambda: [all_nodes / f for f in fragment6(
+        IPv6(src=ip, dst="ff02::1") / IPv6ExtHdrFragment(id=1280)
+        / ICMPv6EchoRequest(data=b"x" * 300), 200)],
+    "redirect": lambda: [Ether(src=mac, dst=a["victim_mac"])
+                         / IPv6(src=ll, dst=a["victim_ip"], hlim=255)
+                         / ICMPv6ND_Redirect(tgt=ll, dst="2001:db8:ffff::1")],
+    "dhcp6_server": lambda: [all_nodes / IPv6(src=ll, dst="ff02::1")
+                             / UDP(sport=5547, dport=546) / Raw(b"\x07" + b"\0" * 20)],
+    "mld_query": lambda: [all_nodes / IPv6(src=ll, dst="ff02::1", hlim=1)
+                          / IPv6ExtHdrHopByHop(options=[RouterAlert()]) / ICMPv6MLQuery()],
+    # allowed: its own NA, and a fragmented UDP datagram
+    "na_own": lambda: [na(ip, mac)],
+    "udp_fragmented": lambda: [all_nodes / f for f in fragment6(
+        IPv6(src=ip, dst="ff02::1") / IPv6ExtHdrFragment(id=4242)
+        / UDP(sport=9, dport=9) / Raw(b"t-hv" * 100), 200)],
+    # another guest's MAC as the source: the FDB theft of the issue
+    "steal_mac": lambda: [Ether(src=a["victim_mac"], dst="ff:ff:ff:ff:ff:ff")
+                          / IPv6(src=a["victim_ip"], dst="ff02::1") / ICMPv6EchoRequest()],
+    "random_macs": lambda: [Ether(src="02:6d:77:00:%02x:%02x" % (i >> 8, i & 255),
+                                  dst="ff:ff:ff:ff:ff:ff")
+                            / IPv6(src=ip, dst="ff02::1") / ICMPv6EchoRequest()
+                            for i in range(a.get("n", 1))],
+}
+sendp(frames[kind](), iface=a.get("iface", "eth0"), count=a.get("count", 1), verbose=False)
+"""
+
+
+def attack(ns: str, kind: str, **arg) -> None:
+    script = Path("/tmp/t-hv-attack6.py")
+    script.write_text(ATTACK6)
+    ns_exec(ns, SCAPY_PYTHON, str(script), kind, json.dumps(arg), timeout=120)
+
+
+# The first option of an NS or NA (ICMPv6 offset 24, IPv6 offset 64) is a link-layer option
+# with g1's MAC.
+G1_MAC_AT_OPTION = "ip6[66:4] == 0x026d7600 and ip6[70:2] == 0x0002"
+
+
+def g0_attacks(kind: str, count: int = 5) -> None:
+    attack(
+        NS_G0, kind, mac=MAC["g0"], ip=ADDR["g0"], ll=LL["g0"],
+        victim_ip=ADDR["g1"], victim_mac=MAC["g1"], count=count,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "counter", "bpf"),
+    [
+        # Each filter picks the attack frame out from the namespaces' own ND traffic.
+        ("na_victim", "drop_nd_spoof", "icmp6 and ip6[40] == 136 and ip6[60:4] == 0x11"),
+        ("na_other_mac", "drop_nd_spoof", f"icmp6 and ip6[40] == 136 and {G1_MAC_AT_OPTION}"),
+        ("na_two_options", "drop_nd_spoof", "icmp6 and ip6[40] == 136 and ip6[4:2] == 40"),
+        ("ns_other_mac", "drop_nd_spoof", f"icmp6 and ip6[40] == 135 and {G1_MAC_AT_OPTION}"),
+        ("nd_behind_ext", "drop_nd_spoof", "ip6[6] == 60"),
+        ("ra_fragmented", "drop_frag", "ip6[6] == 44 and ip6[44:4] == 7113"),
+        ("echo_fragmented", "drop_frag", "ip6[6] == 44 and ip6[44:4] == 1280"),
+        ("redirect", "drop_redirect", "icmp6 and ip6[40] == 137"),
+        ("dhcp6_server", "drop_dhcp_guard", "udp src port 5547"),
+        ("mld_query", "drop_mld_query", "ip6[6] == 0"),
+    ],
+)
+def test_guest_nd_and_router_attacks_reach_nobody(site, tmp_path, kind, counter, bpf):
+    caps = [
+        Capture(NS_G1, "eth0", tmp_path / "g1.pcap"),
+        Capture(NS_UP, "u0", tmp_path / "up.pcap"),
+    ]
+    sent = 5
+    try:
+        time.sleep(1.0)
+        before = counters()
+        g0_attacks(kind, sent)
+        time.sleep(1.0)
+        after = counters()
+    finally:
+        for cap in caps:
+            cap.stop()
+    for cap in caps:
+        got = cap.frames(f"ether src {MAC['g0']} and ({bpf})")
+        assert got == [], f"{kind} reached {cap.path.name}: {got}"
+    assert after[counter] - before[counter] >= sent, (counter, before, after)
+
+
+@pytest.mark.parametrize(
+    ("kind", "bpf", "frames_each"),
+    [
+        ("na_own", "icmp6 and ip6[40] == 136", 1),
+        ("udp_fragmented", "ip6[6] == 44 and ip6[44:4] == 4242", 3),
+    ],
+)
+def test_guest_legitimate_nd_and_fragments_arrive(site, tmp_path, kind, bpf, frames_each):
+    """The positive controls: the captures above could see these, and the guards let them by."""
+    cap = Capture(NS_G1, "eth0", tmp_path / "g1.pcap")
+    try:
+        time.sleep(1.0)
+        g0_attacks(kind, 3)
+        time.sleep(1.0)
+    finally:
+        cap.stop()
+    assert cap.count(f"ether src {MAC['g0']} and ({bpf})") >= 3 * frames_each
+
+
+def test_router_guest_may_send_redirects_and_mld_queries(site, tmp_path):
+    cap = Capture(NS_G0, "eth0", tmp_path / "g0.pcap")
+    try:
+        time.sleep(1.0)
+        for kind in ("redirect", "mld_query"):
+            attack(
+                NS_G1, kind, mac=MAC["g1"], ip=ADDR["g1"], ll=LL["g1"],
+                victim_ip=ADDR["g0"], victim_mac=MAC["g0"], count=2,
+            )  # fmt: skip
+        time.sleep(1.0)
+    finally:
+        cap.stop()
+    assert cap.count(f"ether src {MAC['g1']} and icmp6 and ip6[40] == 137") == 2
+    assert cap.count(f"ether src {MAC['g1']} and ip6[6] == 0 and ip6[48] == 130") == 2
+
+
+def test_a_guest_cannot_steal_another_guests_fdb_entry(site, tmp_path):
+    """Frames with g1's MAC from g0 (spoofed) and from the uplink: g1's entry stays on g1's
+    port, and the router's echo to g1 still reaches g1, not g0."""
+    before = counters()
+    g0_attacks("steal_mac", 5)
+    attack(
+        NS_UP, "steal_mac", mac=MAC["up"], ip=ADDR["up"], ll="fe80::1", iface="u0",
+        victim_ip=ADDR["g1"], victim_mac=MAC["g1"], count=5,
+    )  # fmt: skip
+    after = counters()
+    assert after["drop_spoof_mac"] - before["drop_spoof_mac"] >= 5, (before, after)
+    assert after["drop_uplink_spoof"] - before["drop_uplink_spoof"] >= 5, (before, after)
+    assert pinned(BRIDGE, PORTS[1]) == [MAC["g1"]]
+    where = [e["ifname"] for e in fdb(BRIDGE) if e["mac"] == MAC["g1"] and e.get("master")]
+    assert where == [PORTS[1]], f"{MAC['g1']} is on {where}"
+    cap = Capture(NS_G0, "eth0", tmp_path / "g0.pcap")
+    try:
+        time.sleep(1.0)
+        script = Path("/tmp/t-hv-inject.py")
+        script.write_text(INJECT)
+        # g1 asks the uplink's host; the answer, to g1's MAC, must reach g1 (srp) and not g0.
+        ns_exec(NS_G1, SCAPY_PYTHON, str(script), "echo", "1", MAC["g1"], ADDR["g1"], MAC["up"],
+                ADDR["up"])  # fmt: skip
+    finally:
+        cap.stop()
+    assert cap.count(f"ether dst {MAC['g1']}") == 0, "g1's traffic was delivered to g0"
+
+
+def test_guest_ports_learn_nothing_and_the_uplink_is_bounded(site):
+    """200 source MACs from g0 add nothing to the FDB; 200 from the uplink add at most
+    mv6_hypervisor_uplink_max_macs (64 here), and the rest are counted."""
+    before = counters()
+    attack(NS_G0, "random_macs", mac=MAC["g0"], ip=ADDR["g0"], ll=LL["g0"], n=200)
+    attack(NS_UP, "random_macs", mac=MAC["up"], ip=ADDR["up"], ll="fe80::1", iface="u0", n=200)
+    after = counters()
+    assert learned(BRIDGE, PORTS[0]) == [], learned(BRIDGE, PORTS[0])
+    uplink = learned(BRIDGE, UPLINK)
+    assert 0 < len(uplink) <= UPLINK_MAX_MACS, uplink
+    assert after["drop_fdb_limit"] - before["drop_fdb_limit"] >= 200 - UPLINK_MAX_MACS
+    assert after["drop_spoof_mac"] - before["drop_spoof_mac"] >= 200
+
+
 @pytest.mark.parametrize(
     ("guest", "parallel", "needle"),
     [
@@ -581,22 +802,35 @@ def test_ports_entry_point_fixes_a_fresh_tap(site):
         if json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"]:
             break
         time.sleep(0.1)
+    # ... and as a bridge that learns on it, without its guest's pinned entry.
+    sh("bridge", "link", "set", "dev", port, "learning", "on")
+    sh("bridge", "fdb", "del", MAC["g0"], "dev", port, "master")
+    assert pinned(BRIDGE, port) == []
     playbook = site["workdir"] / "ports.yml"
     playbook.write_text(PORTS_PLAYBOOK)
     first = run_playbook(playbook, site["extra"])
     second = run_playbook(playbook, site["extra"])
     assert first["rc"] == 0 and second["rc"] == 0, json.dumps(first)[-3000:]
     assert changed_tasks(first) == [
-        "mv6.transition.hypervisor : Set the L2-only sysctls of the guest ports"
+        "mv6.transition.hypervisor : Set the L2-only sysctls of the guest ports",
+        "mv6.transition.hypervisor : Pin the guests' MACs to their ports",
     ]
     assert changed_tasks(second) == []
     assert json.loads(sh("ip", "-j", "addr", "show", "dev", port).stdout)[0]["addr_info"] == []
+    assert pinned(BRIDGE, port) == [MAC["g0"]]
+    link = json.loads(sh("ip", "-j", "-d", "link", "show", "dev", port).stdout)[0]
+    assert link["linkinfo"]["info_slave_data"]["learning"] is False
 
 
 def live_tables() -> str:
-    """Both tables of the role as loaded now, without counter values."""
-    return "".join(
-        sh("nft", "-s", "list", "table", family, TABLE).stdout for family in ("bridge", "inet")
+    """Both tables of the role as loaded now, without counter values and without the source
+    MACs the table itself records from the uplink (roles/hypervisor/vars/main.yml)."""
+    return re.sub(
+        r"(set uplink_macs \{[^}]*?)\s*elements = \{[^}]*\}",
+        r"\1",
+        "".join(
+            sh("nft", "-s", "list", "table", family, TABLE).stdout for family in ("bridge", "inet")
+        ),
     )
 
 
@@ -703,6 +937,7 @@ def site_v4(tmp_path_factory):
         for port in V4["ports"]:
             sh("ip", "link", "set", port, "master", V4["bridge"], check=False)
             sh("ip", "link", "set", port, "up")
+        sh(l2only_helper(V4["table"]), *V4["ports"])
         state["run2"] = run_playbook(playbook, extra)
         script = workdir / "inject4.py"
         script.write_text(INJECT4)

@@ -94,7 +94,12 @@ def test_sysctls():
 
 
 def _table(chains=iso.HOST_CHAINS, counters=iso.HOST_COUNTERS, ports=("mv6p0",)):
-    hooks = {"parallel_input": "input", "parallel_output": "output", "parallel_forward": "forward"}
+    hooks = {
+        "parallel_input": "input",
+        "parallel_output": "output",
+        "parallel_prerouting": "prerouting",
+        "parallel_forward": "forward",
+    }
     items = [{"metainfo": {"version": "1.0.6"}}]
     items += [{"counter": {"name": c, "packets": 3, "bytes": 180}} for c in counters]
     items += [{"chain": {"name": c, **({"hook": hooks[c]} if c in hooks else {})}} for c in chains]
@@ -136,7 +141,9 @@ def test_nft_table_gaps():
     found, _counters = iso.check_nft_table(table, "t", ["mv6p0", "mv6p7"])
     assert [v["reason"] for v in found] == [
         "chain parallel_output is missing",
+        "chain parallel_prerouting is missing",
         "chain parallel_forward is missing",
+        "no base chain on the prerouting hook",
         "no base chain on the output hook",
         "no base chain on the forward hook",
         "counter drop_qinq is missing",
@@ -396,3 +403,56 @@ def test_capabilities_cache_untouched_or_new_file():
     # A binary probed for the first time between the lookups is a rewrite too.
     found = iso.check_capabilities_cache({}, same, "qemu:///system")
     assert "(a.xml)" in found[0]["reason"]
+
+
+def test_counters_are_the_roles():
+    """The audit's counter list is the one the hypervisor role renders (vars/main.yml)."""
+    import yaml
+
+    role_vars = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "roles/hypervisor/vars/main.yml").read_text()
+    )
+    assert list(iso.HOST_COUNTERS) == role_vars["__hypervisor_nft_counters"]
+
+
+def _slave(name, learning, master="mv6br0"):
+    return {
+        "ifname": name,
+        "master": master,
+        "linkinfo": {"info_slave_kind": "bridge", "info_slave_data": {"learning": learning}},
+    }
+
+
+PIN = {"mac": "02:6d:76:00:00:01", "ifname": "mv6p0", "master": "mv6br0", "state": "static",
+       "flags": ["sticky"]}  # fmt: skip
+
+
+def test_port_fdb_pinned_port_passes():
+    links = [_slave("mv6p0", False), _slave("eth1", True)]
+    fdb = [PIN, {"mac": "02:00:00:00:00:99", "ifname": "eth1", "master": "mv6br0", "state": ""}]
+    assert iso.check_port_fdb(links, fdb, "mv6br0", {"mv6p0": "02:6D:76:00:00:01"}) == []
+
+
+@pytest.mark.parametrize(
+    ("learning", "fdb", "needle"),
+    [
+        (True, [PIN], "learning is on"),
+        (False, [], "is not a static sticky FDB entry"),
+        (False, [{**PIN, "flags": []}], "is not a static sticky FDB entry"),
+        (False, [{**PIN, "ifname": "mv6p1"}], "is not a static sticky FDB entry"),
+        (
+            False,
+            [PIN, {"mac": "02:6d:76:00:00:02", "ifname": "mv6p0", "master": "mv6br0"}],
+            "learned MACs not its guest's: ['02:6d:76:00:00:02']",
+        ),
+    ],
+)
+def test_port_fdb_violations(learning, fdb, needle):
+    found = iso.check_port_fdb([_slave("mv6p0", learning)], fdb, "mv6br0", {"mv6p0": PIN["mac"]})
+    assert [v["check"] for v in found] == ["port_fdb"]
+    assert needle in found[0]["reason"]
+
+
+def test_port_fdb_skips_ports_not_on_the_bridge():
+    links = [_slave("mv6p0", True, master="otherbr")]
+    assert iso.check_port_fdb(links, [], "mv6br0", {"mv6p0": PIN["mac"], "mv6p9": PIN["mac"]}) == []
