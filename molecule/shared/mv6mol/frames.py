@@ -25,6 +25,11 @@ UNKNOWN_ETHERTYPE = 5
 ROGUE_RA = 6
 SPOOF_MAC = 7
 SPOOF_IP = 8
+NA_SPOOF = 9
+RA_FRAGMENTED = 10
+REDIRECT = 11
+DHCP_SERVER = 12
+STEAL_MAC = 13
 
 KIND_NAMES = {
     CONTROL: "control",
@@ -36,6 +41,11 @@ KIND_NAMES = {
     ROGUE_RA: "router advertisement from a non-router",
     SPOOF_MAC: "spoofed source MAC",
     SPOOF_IP: "spoofed source IP",
+    NA_SPOOF: "neighbour advertisement for another guest's address",
+    RA_FRAGMENTED: "router advertisement with its ICMPv6 header in the second fragment",
+    REDIRECT: "ICMP redirect from a non-router",
+    DHCP_SERVER: "DHCP server message from a non-router, not from the server port",
+    STEAL_MAC: "another guest's MAC as the source (FDB theft)",
 }
 PRE, BAD, POST = 0, 1, 2
 
@@ -212,6 +222,66 @@ def router_advertisement(src_mac: str, src_ll: str, prefix: str, trailer: bytes)
     return ether("33:33:00:00:00:01", src_mac, ETH_IPV6, pkt)
 
 
+def neighbor_advertisement(src_mac: str, src_ip: str, target: str, trailer: bytes) -> bytes:
+    """An unsolicited, overriding NA for ``target`` whose target link-layer option is
+    ``src_mac``: what an attacker sends to take ``target``'s traffic (RFC 4861 7.2.6). The
+    marker is an Ethernet trailer, so the NA itself is exactly what a host would send."""
+    body = struct.pack("!I", 0x20000000) + ipaddress.IPv6Address(target).packed
+    body += struct.pack("!BB", 2, 1) + mac_bytes(src_mac)
+    pkt = ipv6(src_ip, "ff02::1", 58, icmpv6(src_ip, "ff02::1", 136, 0, body), hop_limit=255)
+    return ether("33:33:00:00:00:01", src_mac, ETH_IPV6, pkt) + trailer
+
+
+def fragmented_router_advertisement(
+    src_mac: str, src_ll: str, prefix: str, trailer: bytes
+) -> list[bytes]:
+    """RFC 7113's evasion: a destination options header long enough that the RA's ICMPv6
+    header is only in the second fragment. Both fragments carry the marker."""
+    ra = router_advertisement(src_mac, src_ll, prefix, trailer)[14 + 40 :]
+    # Destination options (next header 58): PadN carrying the marker, 208 bytes in all.
+    pad = trailer.ljust(204, b"\0")
+    destopts = struct.pack("!BBBB", 58, 25, 1, len(pad)) + pad
+    assert len(destopts) == 208
+    fragmentable = destopts + ra
+    first, rest = fragmentable[:200], fragmentable[200:]
+    ident = int.from_bytes(trailer[-6:-2], "big")
+    out = []
+    for offset, more, data in ((0, 1, first), (200, 0, rest)):
+        frag = struct.pack("!BBHI", 60, 0, offset | more, ident) + data
+        pkt = ipv6(src_ll, "ff02::1", 44, frag, hop_limit=255)
+        out.append(ether("33:33:00:00:00:01", src_mac, ETH_IPV6, pkt))
+    return out
+
+
+def redirect(src_mac: str, src_ip: str, victim_mac: str, victim_ip: str, trailer: bytes) -> bytes:
+    """An ICMP (v4) or ICMPv6 redirect to ``victim_ip``: "go through me for 2001:db8:ffff::1"
+    (or 203.0.113.99)."""
+    if ":" in victim_ip:
+        body = b"\0" * 4 + ipaddress.IPv6Address(src_ip).packed
+        body += ipaddress.IPv6Address("2001:db8:ffff::1").packed
+        body += struct.pack("!BB", 253, 2) + trailer.ljust(14, b"\0")
+        msg = icmpv6(src_ip, victim_ip, 137, 0, body)
+        return ether(victim_mac, src_mac, ETH_IPV6, ipv6(src_ip, victim_ip, 58, msg, 255))
+    inner = ipv4(victim_ip, "203.0.113.99", 17, udp(victim_ip, "203.0.113.99", 9, 9, trailer))
+    msg = struct.pack("!BBH", 5, 1, 0) + ipaddress.IPv4Address(src_ip).packed + inner
+    msg = msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
+    return ether(victim_mac, src_mac, ETH_IPV4, ipv4(src_ip, victim_ip, 1, msg))
+
+
+def dhcp_server_message(src_mac: str, src_ip: str, trailer: bytes) -> bytes:
+    """A DHCPv6 Reply (to port 546) or a DHCPv4 BOOTREPLY (to port 68), both from a source port
+    that is not the server's: the guard must know them by what they are."""
+    if ":" in src_ip:
+        data = b"\x07" + trailer[-3:] + trailer
+        payload = udp(src_ip, "ff02::1:2", 5547, 546, data)
+        pkt = ipv6(src_ip, "ff02::1:2", 17, payload)
+        return ether("33:33:00:01:00:02", src_mac, ETH_IPV6, pkt)
+    bootp = struct.pack("!BBBB", 2, 1, 6, 0) + b"\0" * 232 + bytes.fromhex("63825363")
+    bootp += bytes([53, 1, 2, 255]) + trailer
+    payload = udp(src_ip, "255.255.255.255", 1067, 68, bootp)
+    return ether(BROADCAST, src_mac, ETH_IPV4, ipv4(src_ip, "255.255.255.255", 17, payload))
+
+
 def batch(spec: dict, run: bytes, count: int) -> list[tuple[int, int, bytes]]:
     """The frames one sender injects: [(kind, copies, frame)], controls first and last.
 
@@ -227,6 +297,10 @@ def batch(spec: dict, run: bytes, count: int) -> list[tuple[int, int, bytes]]:
         wrong_dst     an address of the other family (the native peer)
         prefix        the parallel subnet (for the rogue RA)
         spare_ip      an unassigned parallel address (the spoofed source)
+        victim_mac    (optional) another guest's MAC: the NA, redirect and FDB-theft attacks
+        victim_ip     (optional) its parallel address
+        guest_attacks (default true) also the attacks only a guest may not make (NA for
+                      another's address, fragmented RA, redirect, DHCP server message)
     """
     fam = spec["family"]
     src_mac, src_ip, dst_ip = spec["src_mac"], spec["src_ip"], spec["dst_ip"]
@@ -269,6 +343,29 @@ def batch(spec: dict, run: bytes, count: int) -> list[tuple[int, int, bytes]]:
         out.append((SPOOF_MAC, count, ether(dst_mac, "02:6d:76:de:ad:01", etype, pkt)))
         etype, pkt = ip_packet(spec["spare_ip"], dst_ip, marker(run, SPOOF_IP))
         out.append((SPOOF_IP, count, ether(dst_mac, src_mac, etype, pkt)))
+    victim_mac, victim_ip = spec.get("victim_mac"), spec.get("victim_ip")
+    if victim_mac:
+        # The victim's MAC and address as the source: a bridge that learned from it would
+        # move the victim's FDB entry to the sender's port.
+        etype, pkt = ip_packet(victim_ip, dst_ip, marker(run, STEAL_MAC))
+        out.append((STEAL_MAC, count, ether(dst_mac, victim_mac, etype, pkt)))
+    if spec.get("guest_attacks", True) and victim_mac:
+        if fam == "ipv6":
+            na = neighbor_advertisement(src_mac, src_ip, victim_ip, marker(run, NA_SPOOF))
+            out.append((NA_SPOOF, count, na))
+            src_ll = spec.get("src_ll") or "fe80::6d76:1"
+            for frag in fragmented_router_advertisement(
+                src_mac, src_ll, spec["prefix"], marker(run, RA_FRAGMENTED)
+            ):
+                out.append((RA_FRAGMENTED, count, frag))
+        router_src = spec.get("src_ll") if fam == "ipv6" else src_ip
+        out.append(
+            (REDIRECT, count, redirect(src_mac, router_src, victim_mac, victim_ip,
+                                       marker(run, REDIRECT)))
+        )  # fmt: skip
+        out.append(
+            (DHCP_SERVER, count, dhcp_server_message(src_mac, router_src, marker(run, DHCP_SERVER)))
+        )
     out.append(control(POST))
     return out
 

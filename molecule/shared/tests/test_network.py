@@ -35,7 +35,30 @@ BAD_KINDS_GUEST = [
     F.SPOOF_MAC,
     F.SPOOF_IP,
 ]
-BAD_KINDS_UPLINK = [F.WRONG_FAMILY, F.ARP_HOST, F.DOT1Q, F.DOT1AD, F.UNKNOWN_ETHERTYPE]
+BAD_KINDS_UPLINK = [
+    F.WRONG_FAMILY,
+    F.ARP_HOST,
+    F.DOT1Q,
+    F.DOT1AD,
+    F.UNKNOWN_ETHERTYPE,
+    F.STEAL_MAC,
+]
+# A guest with root attacks its neighbour (the hostile-guest issue); the IPv6-only ones too
+# where the segment is IPv6.
+GUEST_ATTACKS = [F.STEAL_MAC, F.REDIRECT, F.DHCP_SERVER]
+GUEST_ATTACKS_V6 = [F.NA_SPOOF, F.RA_FRAGMENTED]
+# Which counter each attack must grow, and by how many frames per frame sent.
+ATTACK_COUNTERS = {
+    F.STEAL_MAC: "drop_spoof_mac",
+    F.NA_SPOOF: "drop_nd_spoof",
+    F.RA_FRAGMENTED: "drop_frag",
+    F.REDIRECT: "drop_redirect",
+    F.DHCP_SERVER: "drop_dhcp_guard",
+}
+
+
+def guest_attacks(family: str) -> list[int]:
+    return GUEST_ATTACKS + (GUEST_ATTACKS_V6 if family == "ipv6" else [])
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -169,7 +192,7 @@ def from_guest(scn: Scenario, guests: dict[str, Guest]) -> dict:
     """Guest A injects every kind of bad frame; B, the peers and the host listen."""
     a, b = scn.guests[0], scn.guests[1]
     sender = {"mac": a.mac, "ip": a.address, "ll": a.link_local}
-    spec = _spec(scn, sender, _control_dst(scn))
+    spec = _spec(scn, sender, _control_dst(scn)) | {"victim_mac": b.mac, "victim_ip": b.address}
     agent_a = guests[a.name]
     return _inject(
         scn,
@@ -193,7 +216,13 @@ def from_uplink(scn: Scenario, guests: dict[str, Guest]) -> dict:
         "rogue_ra": False,
         "spoof": False,
     }
-    spec = _spec(scn, sender, _control_dst(scn))
+    # ... but it may not use a guest's MAC: that would take the guest's FDB entry.
+    victim = scn.guests[1]
+    spec = _spec(scn, sender, _control_dst(scn)) | {
+        "victim_mac": victim.mac,
+        "victim_ip": victim.address,
+        "guest_attacks": False,
+    }
     return _inject(
         scn,
         "from-uplink",
@@ -446,6 +475,51 @@ def test_rogue_router_advertisement_from_a_guest_is_seen_by_nobody(from_guest: d
 
 def test_spoofed_source_from_a_guest_is_dropped(from_guest: dict) -> None:
     _assert_none_got(from_guest, [F.SPOOF_MAC, F.SPOOF_IP])
+
+
+def test_guest_attacks_on_its_neighbour_reach_nobody(scn: Scenario, from_guest: dict) -> None:
+    """NA for the victim's address, RFC 7113's fragmented RA, redirects, DHCP server messages
+    from the wrong port, the victim's MAC as the source: sent as root from inside guest A,
+    none at B (its tap, and B's own sniffer), the parallel peer or the host."""
+    kinds = guest_attacks(scn.family)
+    _assert_sent(from_guest, kinds)
+    _assert_no_capture_loss(from_guest)
+    _assert_controls(
+        from_guest, [n for n in from_guest["seen"] if n not in ("host stack", "native peer")]
+    )
+    _assert_none_got(from_guest, kinds)
+
+
+def test_each_attack_has_its_counter(scn: Scenario, from_guest: dict, from_uplink: dict) -> None:
+    for kind in guest_attacks(scn.family):
+        name = ATTACK_COUNTERS[kind]
+        sent = from_guest["sent"].get(kind, 0)
+        assert from_guest["counters"].get(name, 0) >= sent, (
+            f"{sent} {F.KIND_NAMES[kind]} frames sent, {name} grew by "
+            f"{from_guest['counters'].get(name, 0)}: {from_guest['counters']}"
+        )
+    stolen = from_uplink["sent"].get(F.STEAL_MAC, 0)
+    assert stolen >= COUNT
+    assert from_uplink["counters"].get("drop_uplink_spoof", 0) >= stolen, from_uplink["counters"]
+
+
+def test_no_guest_or_uplink_frame_moved_a_guests_fdb_entry(
+    scn: Scenario, guests: dict[str, Guest], from_guest: dict, from_uplink: dict, tmp_path
+) -> None:
+    """After both sides sent frames with B's MAC: B's MAC is pinned to B's port alone, A's
+    port learned nothing, and the parallel peer's echo requests to B reach B, not A."""
+    a, b = scn.guests[0], scn.guests[1]
+    fdb = json.loads(run("bridge", "-j", "fdb", "show", "br", scn.bridge))
+    on = sorted(e["ifname"] for e in fdb if e.get("mac") == b.mac.lower() and e.get("master"))
+    assert on == [b.port], f"{b.mac} is in the FDB on {on}"
+    learned_on_a = [e["mac"] for e in fdb if e.get("ifname") == a.port and not e.get("state")]
+    assert learned_on_a == [], f"{a.port} learned {learned_on_a}"
+    cap = Capture("attacker's tap", a.port, tmp_path / "a.pcap", direction="out")
+    with capturing([cap], settle=1.0):
+        res = scn.netns_rawnet(scn.peer["ns"], "ping", {"addr": b.address, "count": 5})
+    assert res["replies"] >= 4, f"parallel peer -> {b.name} ping: {res}"
+    to_b = [f for f in cap.frames() if f[:6] == F.mac_bytes(b.mac)]
+    assert to_b == [], f"{len(to_b)} frames for {b.name} were delivered to {a.name}'s tap"
 
 
 def test_drop_counters_account_for_the_guest_frames(from_guest: dict) -> None:
