@@ -16,7 +16,7 @@ from ansible.errors import AnsibleFilterError
 def ipv6_hex(address):
     """``2001:db8::1`` -> ``0x20010db8000000000000000000000001`` (a raw 128-bit nft value)."""
     try:
-        packed = ipaddress.IPv6Address(str(address).split("/")[0]).packed
+        packed = ipaddress.IPv6Address(str(address).split("/", maxsplit=1)[0]).packed
     except ValueError as e:
         raise AnsibleFilterError(f"ipv6_hex: {address!r} is not an IPv6 address: {e}") from e
     return "0x" + packed.hex()
