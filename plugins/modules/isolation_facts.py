@@ -53,9 +53,9 @@ options:
   port_macs:
     description:
       - The planned MAC of each guest port, a dict from port name to MAC (for example from
-        the plan's C(port) and C(mac) entries), O(scope=host). Each of these ports that is on the bridge
-        must have learning off and its MAC as a static, sticky FDB entry, and must have
-        learned no other MAC.
+        the plan's C(port) and C(mac) entries), O(scope=host).
+      - Each of these ports that is on the bridge must have learning off and its MAC as a
+        static, sticky FDB entry, and must have learned no other MAC.
     type: dict
     default: {}
   nft_table:
