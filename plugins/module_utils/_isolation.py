@@ -260,6 +260,50 @@ def check_port_fdb(link_json: list, fdb_json: list, bridge: str, port_macs: dict
     return found
 
 
+# The elements the bridge table adds to itself (the uplink's source MACs): not drift. The
+# hypervisor role's drift check leaves them out the same way (roles/hypervisor/vars/main.yml).
+NFT_DYNAMIC_ELEMENTS = re.compile(r"(set uplink_macs \{[^}]*?)\s*elements = \{[^}]*\}")
+
+
+def normalize_ruleset(text: str) -> str:
+    """``nft -s list table`` output without the table's own dynamic elements, stripped."""
+    return NFT_DYNAMIC_ELEMENTS.sub(r"\1", text).strip()
+
+
+def check_nft_drift(live: str | None, record: str | None, table: str) -> list[dict]:
+    """The loaded tables (*live*, ``nft -s list table`` of each, joined by newlines) are what
+    roles/hypervisor loaded (*record*, written right after it loaded them).
+
+    A flushed or edited chain, a rule or a set element added or removed by hand is a
+    violation; counter values and the uplink's learned MACs are not compared. Nothing is
+    reported without a record (no role run) or without a live table (``nft_table`` reports
+    a missing table).
+    """
+    if record is None or live is None:
+        return []
+    want = normalize_ruleset(record).splitlines()
+    have = normalize_ruleset(live).splitlines()
+    if want == have:
+        return []
+    removed = [line.strip() for line in want if line not in have]
+    added = [line.strip() for line in have if line not in want]
+    parts = []
+    if removed:
+        parts.append(f"missing {removed[:3]}")
+    if added:
+        parts.append(f"not loaded by the role {added[:3]}")
+    if not parts:
+        parts.append("the same lines in another order")
+    return [
+        violation(
+            "nft_drift",
+            f"bridge {table}",
+            "the live isolation tables differ from what roles/hypervisor loaded: "
+            + "; ".join(parts),
+        )
+    ]
+
+
 GUARD_CHAINS = ("parallel_host_input", "parallel_host_output")
 
 

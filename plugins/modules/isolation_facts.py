@@ -50,6 +50,14 @@ options:
     type: list
     elements: str
     default: []
+  nft_record:
+    description:
+      - The record roles/hypervisor writes right after it loads the isolation tables
+        (C(/var/lib/mv6/<table>.loaded)), O(scope=host). When it exists, the live tables
+        (C(nft -s list table), without counter values and without the source MACs the table
+        records from the uplink) must be the same: a flushed or edited chain, or a rule or
+        element added by hand, is a C(nft_drift) violation.
+    type: path
   port_macs:
     description:
       - The planned MAC of each guest port, a dict from port name to MAC (for example from
@@ -327,6 +335,22 @@ def host_checks(module, params):
         guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
         violations += iso.check_host_guard(guard_json, table)
 
+    record = None
+    if params["nft_record"] and os.path.exists(params["nft_record"]):
+        with open(params["nft_record"], encoding="utf-8") as fh:
+            record = fh.read()
+    live = None
+    if record is not None and table_json is not None:
+        families = ["bridge"] + (["inet"] if params["host_guard"] and guard_json else [])
+        texts = []
+        for family in families:
+            rc, out, err = module.run_command([nft, "-s", "list", "table", family, table])
+            if rc != 0:
+                module.fail_json(msg=f"nft -s list table {family} {table}: {err.strip()}")
+            texts.append(out.rstrip("\n"))
+        live = "\n".join(texts)
+        violations += iso.check_nft_drift(live, record, table)
+
     domains, other_domains, caps_cache = None, [], None
     if params["check_domains"]:
         domains, other_domains, problem = libvirt_domains(
@@ -366,6 +390,7 @@ def host_checks(module, params):
             if e.get("ifname") in params["port_macs"] and e.get("state") == "static"
         },
         "nft_table_present": table_json is not None,
+        "nft_record_compared": live is not None,
         "host_guard_present": guard_json is not None,
         "domains": domains,
         "other_domains": other_domains,
@@ -443,6 +468,7 @@ def main():
             "uplink": {"type": "str"},
             "ports": {"type": "list", "elements": "str", "default": []},
             "port_macs": {"type": "dict", "default": {}},
+            "nft_record": {"type": "path"},
             "nft_table": {"type": "str"},
             "host_guard": {"type": "bool", "default": True},
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},

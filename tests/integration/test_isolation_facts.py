@@ -29,7 +29,8 @@ TABLE = "t_hv_iso_facts"
 NS_PORT = "t-hv-q"
 NS_V6, NS_V4 = "t-hv-v6g", "t-hv-v4g"
 HOST_CHECKS = ("host_address", "host_sysctl", "nft_table", "nft_chain", "nft_counter", "nft_set")
-HOST_CHECKS += ("bridge", "uplink")
+HOST_CHECKS += ("bridge", "uplink", "nft_drift")
+RECORD = f"/var/lib/mv6/{TABLE}.loaded"
 
 PLAYBOOK = """\
 - name: Hypervisor role for the isolation_facts test
@@ -136,6 +137,27 @@ def test_sysctl_drift_is_reported(host):
     finally:
         sh("sysctl", "-q", "-w", f"{key}=8")
     assert [(v["check"], v["object"]) for v in found] == [("host_sysctl", key)]
+
+
+def test_flushed_or_edited_chain_is_reported(host):
+    """The chains still exist, so only the comparison with what the role loaded sees it."""
+    assert ours(audit(nft_record=RECORD)) == []
+    sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input")
+    try:
+        flushed = ours(audit(nft_record=RECORD))
+        without_record = ours(audit())
+    finally:
+        sh("nft", "-f", host["nft_file"])
+    assert [(v["check"], v["object"]) for v in flushed] == [("nft_drift", f"bridge {TABLE}")]
+    assert "drop_input" in flushed[0]["reason"], flushed
+    assert without_record == []
+    sh("nft", "add", "rule", "bridge", TABLE, "parallel_forward", "accept")
+    try:
+        edited = ours(audit(nft_record=RECORD))
+    finally:
+        sh("nft", "-f", host["nft_file"])
+    assert [v["check"] for v in edited] == ["nft_drift"], edited
+    assert ours(audit(nft_record=RECORD)) == []
 
 
 def test_missing_host_guard_is_reported(host):

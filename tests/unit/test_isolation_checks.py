@@ -456,3 +456,46 @@ def test_port_fdb_violations(learning, fdb, needle):
 def test_port_fdb_skips_ports_not_on_the_bridge():
     links = [_slave("mv6p0", True, master="otherbr")]
     assert iso.check_port_fdb(links, [], "mv6br0", {"mv6p0": PIN["mac"], "mv6p9": PIN["mac"]}) == []
+
+
+RECORD = """table bridge t {
+\tset uplink_macs {
+\t\ttype ether_addr
+\t\tsize 64
+\t\tflags dynamic,timeout
+\t\ttimeout 5m
+\t}
+
+\tchain parallel_input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname @parallel_ports counter name "drop_input" drop
+\t}
+}"""
+
+
+def test_nft_drift_ignores_the_uplinks_learned_macs():
+    live = RECORD.replace(
+        "timeout 5m\n",
+        "timeout 5m\n\t\telements = { 02:00:00:00:00:01 expires 4m59s,\n"
+        "\t\t\t 02:00:00:00:00:02 }\n",
+    )
+    assert live != RECORD
+    assert iso.check_nft_drift(live + "\n", RECORD, "t") == []
+
+
+def test_nft_drift_flushed_chain_is_reported():
+    flushed = RECORD.replace('\t\tiifname @parallel_ports counter name "drop_input" drop\n', "")
+    found = iso.check_nft_drift(flushed, RECORD, "t")
+    assert [(v["check"], v["object"]) for v in found] == [("nft_drift", "bridge t")]
+    assert "drop_input" in found[0]["reason"] and "missing" in found[0]["reason"]
+
+
+def test_nft_drift_added_rule_is_reported():
+    edited = RECORD.replace("policy accept;\n", "policy accept;\n\t\taccept\n")
+    found = iso.check_nft_drift(edited, RECORD, "t")
+    assert "not loaded by the role ['accept']" in found[0]["reason"]
+
+
+def test_nft_drift_needs_a_record_and_a_table():
+    assert iso.check_nft_drift("anything", None, "t") == []
+    assert iso.check_nft_drift(None, RECORD, "t") == []
