@@ -55,7 +55,7 @@ options:
       - The record roles/hypervisor writes right after it loads the isolation tables
         (C(/var/lib/mv6/<table>.loaded)), O(scope=host). When it exists, the live tables
         (C(nft -s list table), without counter values and without the source MACs the table
-        records from the uplink) must be the same: a flushed or edited chain, or a rule or
+        records from the uplink) must be the same. A flushed or edited chain, or a rule or
         element added by hand, is a C(nft_drift) violation.
     type: path
   port_macs:
