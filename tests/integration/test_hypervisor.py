@@ -399,6 +399,24 @@ def inject(kind: str, count: int, src_mac: str = MAC["g0"], src6: str = ADDR["g0
     ns_exec(NS_G0, SCAPY_PYTHON, str(script), kind, str(count), src_mac, src6, "192.0.2.2")
 
 
+def observed(tmp_path, send) -> tuple[list[Capture], dict, dict]:
+    """Captures at g1 and beyond the uplink around ``send()``; the counters before and after."""
+    caps = [
+        Capture(NS_G1, "eth0", tmp_path / "g1.pcap"),
+        Capture(NS_UP, "u0", tmp_path / "up.pcap"),
+    ]
+    try:
+        time.sleep(1.0)
+        before = counters()
+        send()
+        time.sleep(1.0)
+        after = counters()
+    finally:
+        for cap in caps:
+            cap.stop()
+    return caps, before, after
+
+
 @pytest.mark.parametrize(
     ("kind", "counter", "bpf"),
     [
@@ -414,19 +432,7 @@ def inject(kind: str, count: int, src_mac: str = MAC["g0"], src6: str = ADDR["g0
 )
 def test_forbidden_frames_reach_nobody(site, tmp_path, kind, counter, bpf):
     sent = 5
-    caps = [
-        Capture(NS_G1, "eth0", tmp_path / "g1.pcap"),
-        Capture(NS_UP, "u0", tmp_path / "up.pcap"),
-    ]
-    try:
-        time.sleep(1.0)
-        before = counters()
-        inject(kind, sent)
-        time.sleep(1.0)
-        after = counters()
-    finally:
-        for cap in caps:
-            cap.stop()
+    caps, before, after = observed(tmp_path, lambda: inject(kind, sent))
     for cap in caps:
         assert cap.count(bpf) == 0, f"{kind} frames reached {cap.path.name}"
     # Broadcasts pass the forward hook once per egress port, hence "at least".
@@ -596,20 +602,8 @@ def g0_attacks(kind: str, count: int = 5) -> None:
     ],
 )
 def test_guest_nd_and_router_attacks_reach_nobody(site, tmp_path, kind, counter, bpf):
-    caps = [
-        Capture(NS_G1, "eth0", tmp_path / "g1.pcap"),
-        Capture(NS_UP, "u0", tmp_path / "up.pcap"),
-    ]
     sent = 5
-    try:
-        time.sleep(1.0)
-        before = counters()
-        g0_attacks(kind, sent)
-        time.sleep(1.0)
-        after = counters()
-    finally:
-        for cap in caps:
-            cap.stop()
+    caps, before, after = observed(tmp_path, lambda: g0_attacks(kind, sent))
     for cap in caps:
         got = cap.frames(f"ether src {MAC['g0']} and ({bpf})")
         assert got == [], f"{kind} reached {cap.path.name}: {got}"
