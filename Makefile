@@ -25,8 +25,8 @@ quick: lint unit
 lint: ruff ansible-lint
 
 ruff:
-	$(BIN)/ruff check plugins tests bench molecule scripts
-	$(BIN)/ruff format --check plugins tests bench molecule scripts
+	$(BIN)/ruff check plugins tests bench molecule scripts roles/hypervisor/files
+	$(BIN)/ruff format --check plugins tests bench molecule scripts roles/hypervisor/files
 
 ansible-lint:
 	$(BIN)/ansible-lint --offline

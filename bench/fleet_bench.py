@@ -51,12 +51,19 @@ def qemu_cpu_seconds() -> float:
     return total / tick
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds this machine spent busy (all cores, everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_seconds(log: Path) -> float:
     """Duration of the guest role's wait for the agents, from the JSON callback's output."""
     data = json.loads(log.read_text())
     for play in data.get("plays", []):
         for task in play.get("tasks", []):
-            if task["task"]["name"].endswith(WAIT_TASK):
+            if WAIT_TASK in task["task"]["name"]:
                 d = task["task"]["duration"]
                 start = datetime.datetime.fromisoformat(d["start"].replace("Z", "+00:00"))
                 end = datetime.datetime.fromisoformat(d["end"].replace("Z", "+00:00"))
@@ -66,13 +73,19 @@ def wait_seconds(log: Path) -> float:
 
 def step(label: str, name: str, *args: str, extra: dict | None = None) -> dict:
     cpu = qemu_cpu_seconds()
+    busy = machine_busy_seconds()
     log = f"bench-{label}.json"
     result = fleet.playbook(name, *args, extra=extra, log=log)
+    qemu = qemu_cpu_seconds() - cpu
     out = {
         "step": label,
         "rc": result["rc"],
         "wall_s": result["seconds"],
-        "qemu_cpu_s": round(qemu_cpu_seconds() - cpu, 1),
+        "qemu_cpu_s": round(qemu, 1),
+        # Busy CPU seconds of the whole machine; minus QEMU's, what Ansible, SSH, the
+        # modules and libvirt on every host took.
+        "machine_busy_s": round(machine_busy_seconds() - busy, 1),
+        "other_cpu_s": round(machine_busy_seconds() - busy - qemu, 1),
         "changed": {h: s.get("changed", 0) for h, s in sorted(result["stats"].items())},
     }
     if name == "site.yml" and "--check" not in args:
@@ -82,6 +95,9 @@ def step(label: str, name: str, *args: str, extra: dict | None = None) -> dict:
             boot = 0.0
         out["guest_boot_wait_s"] = round(boot, 1)
         out["everything_else_s"] = round(result["seconds"] - boot, 1)
+        # The same with the guests' CPU taken out as machine time (they share the cores).
+        cores = os.cpu_count() or 1
+        out["wall_minus_guest_cpu_s"] = round(result["seconds"] - qemu / cores, 1)
     print(json.dumps(out), flush=True)
     if result["rc"] != 0:
         raise SystemExit(f"{label}: failed: {result['failures']}")
@@ -114,6 +130,12 @@ def main() -> None:
                     "one_host_s": one["wall_s"],
                     "three_hosts_s": three["wall_s"],
                     "everything_else_ratio_three_over_one": round(ratio, 2),
+                    "wall_minus_guest_cpu_ratio_three_over_one": round(
+                        three["wall_minus_guest_cpu_s"] / one["wall_minus_guest_cpu_s"], 2
+                    ),
+                    "other_cpu_ratio_three_over_one": round(
+                        three["other_cpu_s"] / one["other_cpu_s"], 2
+                    ),
                     "guest_boot_wait_one_s": one["guest_boot_wait_s"],
                     "guest_boot_wait_three_s": three["guest_boot_wait_s"],
                     "re_run_s": rerun["wall_s"],

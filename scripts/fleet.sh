@@ -53,7 +53,7 @@ ssh_conf=/etc/ssh/ssh_config.d/mv6-fleet.conf
 # no route to a package registry). Changing this list builds a new cached root.
 packages=(
   systemd-sysv dbus openssh-server python3 python3-apt python3-libvirt python3-lxml
-  iproute2 nftables libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+  iproute2 nftables python3-nftables libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   procps kmod sudo e2fsprogs
 )
 rootfs_version=1

@@ -12,7 +12,7 @@ log() { printf 'setup: %s\n' "$*"; }
 debian_packages=(
   # hypervisor and images
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients mmdebstrap e2fsprogs
-  nftables iproute2
+  nftables python3-nftables iproute2
   # building libvirt-python and lxml into the venv
   libvirt-dev pkg-config gcc python3-dev python3-venv libxml2-dev libxslt1-dev
   # the fleet test site (docs/fleet.md): containers with systemd, SSH to them

@@ -304,7 +304,129 @@ def check_nft_drift(live: str | None, record: str | None, table: str) -> list[di
     ]
 
 
-GUARD_CHAINS = ("parallel_host_input", "parallel_host_output")
+TABLE_FLAGS = re.compile(r"^\s*flags\s+(\S.*?)\s*$", re.MULTILINE)
+
+
+def table_is_owned(listing: str) -> bool:
+    """Whether ``nft list table`` output shows the ``owner`` flag on the table itself."""
+    head = listing.split("chain ", 1)[0].split("set ", 1)[0].split("counter ", 1)[0]
+    match = TABLE_FLAGS.search(head)
+    return bool(match) and "owner" in re.split(r"[,\s]+", match.group(1))
+
+
+def check_nft_owner(owned: dict[str, bool], table: str) -> list[dict]:
+    """Each present table is held by roles/hypervisor's keeper (nftables' owner flag)."""
+    return [
+        violation(
+            "nft_owner",
+            f"{family} {table}",
+            f"table {family} {table} has no owner flag (it was not loaded by the MV6 keeper):"
+            " nft flush ruleset, which nftables.service runs on reload, restart and stop,"
+            " removes it and the parallel ports then pass frames unfiltered",
+        )
+        for family, is_owned in sorted(owned.items())
+        if not is_owned
+    ]
+
+
+GUARD_CHAINS = ("parallel_host_input", "parallel_host_output", "parallel_notrack")
+
+BRIDGE_NF_CALLS = ("nf_call_iptables", "nf_call_ip6tables", "nf_call_arptables")
+
+
+def check_bridge_netfilter(link_json: list, bridge: str) -> list[dict]:
+    """The parallel bridge's own br_netfilter switches are off (roles/hypervisor sets them)."""
+    for link in link_json:
+        if link.get("ifname") != bridge:
+            continue
+        info = (link.get("linkinfo") or {}).get("info_data") or {}
+        on = [name for name in BRIDGE_NF_CALLS if info.get(name)]
+        if on:
+            return [
+                violation(
+                    "bridge_netfilter",
+                    bridge,
+                    f"{', '.join(on)} on: with br_netfilter, the bridge hands its frames to the"
+                    " host's iptables, ip6tables or arptables chains",
+                )
+            ]
+    return []
+
+
+def coexistence_br_netfilter(sysctls: dict[str, str | None], bridge: str) -> list[dict]:
+    """br_netfilter's host-wide switches (Docker and Kubernetes turn them on): reported, not
+    a violation; no per-bridge switch can opt a bridge out of them."""
+    on = [
+        f"net.bridge.bridge-nf-call-{name}"
+        for name, value in sorted(sysctls.items())
+        if value is not None and value.strip() == "1"
+    ]
+    if not on:
+        return []
+    return [
+        {
+            "object": " ".join(on),
+            "reason": f"br_netfilter is loaded and {', '.join(on)} = 1: frames bridged on {bridge}"
+            " pass the host's iptables/ip6tables FORWARD chains (a DROP policy there, as Docker"
+            " sets, blackholes the parallel network). The host guard's parallel_notrack chain"
+            " keeps them out of conntrack and NAT; set these sysctls to 0 where nothing on the"
+            " host needs them.",
+        }
+    ]
+
+
+def parse_firewalld_zones(text: str) -> dict[str, list[str]]:
+    """``firewall-cmd --get-active-zones`` output: {zone: [interfaces]}."""
+    zones: dict[str, list[str]] = {}
+    zone = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            zone = line.split()[0]
+            zones.setdefault(zone, [])
+        elif zone is not None and line.strip().startswith("interfaces:"):
+            zones[zone] += line.split(":", 1)[1].split()
+    return zones
+
+
+def coexistence_firewalld(zones: dict[str, list[str]], mv6_ifaces: list[str]) -> list[dict]:
+    return [
+        {
+            "object": f"firewalld zone {zone}",
+            "reason": f"firewalld zone {zone} holds"
+            f" {', '.join(sorted(set(ifaces) & set(mv6_ifaces)))}: its rules (and any service"
+            " it opens) apply to the parallel side; take these interfaces out of every zone",
+        }
+        for zone, ifaces in sorted(zones.items())
+        if set(ifaces) & set(mv6_ifaces)
+    ]
+
+
+def coexistence_libvirt_networks(xml_by_name: dict[str, str], parallel_family: str) -> list[dict]:
+    """Active libvirt networks whose host side holds an address of the parallel family (the
+    ``default`` NAT network on an IPv6-native host gives the host IPv4 and turns forwarding
+    on): the host is then dual stack."""
+    found = []
+    want = "ipv6" if parallel_family == "ipv6" else "ipv4"
+    for name, xml in sorted(xml_by_name.items()):
+        root = ET.fromstring(xml)
+        bridge = root.find("bridge")
+        families = set()
+        for ip in root.findall("ip"):
+            family = ip.get("family") or ("ipv6" if ":" in (ip.get("address") or "") else "ipv4")
+            families.add(family)
+        if want in families:
+            dev = bridge.get("name") if bridge is not None else "?"
+            found.append(
+                {
+                    "object": f"libvirt network {name}",
+                    "reason": f"libvirt network {name} is active and gives the host an {want}"
+                    f" address on {dev}: the host is dual stack. Stop it"
+                    " (mv6_hypervisor_default_network: stop for the default network).",
+                }
+            )
+    return found
 
 
 def check_host_guard(nft_json: dict | None, table: str) -> list[dict]:

@@ -58,6 +58,14 @@ options:
         records from the uplink) must be the same. A flushed or edited chain, or a rule or
         element added by hand, is a C(nft_drift) violation.
     type: path
+  owned:
+    description:
+      - Require the tables (the C(bridge) one, and the C(inet) one with O(host_guard)) to
+        carry nftables' C(owner) flag, as roles/hypervisor's keeper loads them (O(scope=host)).
+      - A table without it is removed by C(nft flush ruleset), which C(nftables.service)
+        runs on reload, restart and stop. Such a table is an C(nft_owner) violation.
+    type: bool
+    default: false
   port_macs:
     description:
       - The planned MAC of each guest port, a dict from port name to MAC (for example from
@@ -171,6 +179,11 @@ facts:
       C(other_domains) the names of the host's other libvirt domains, which were not, and
       C(capabilities_cache) the files of libvirt's QEMU capabilities cache after the second
       lookup (C([mtime_ns, size, inode]) by name).
+    - With O(scope=host), C(coexistence) lists what else on the host touches the parallel
+      side, each with C(object) and C(reason). These are reported, not violations. They are
+      br_netfilter's host-wide switches, firewalld zones that hold an MV6 interface, and
+      active libvirt networks with an address of the parallel family. C(nft_owned) says,
+      per table family, whether the table has the C(owner) flag (with O(owned)).
   returned: always
   type: dict
 """
@@ -259,6 +272,37 @@ def libvirt_domains(module, uri, guests):
     return domains, others, None
 
 
+def coexistence_findings(module, params, bridge, ports):
+    """What else on the host touches the parallel side: reported by name, not violations."""
+    found = iso.coexistence_br_netfilter(
+        {
+            name: read_proc(f"/proc/sys/net/bridge/bridge-nf-call-{name}")
+            for name in ("iptables", "ip6tables", "arptables")
+        },
+        bridge,
+    )
+    firewall_cmd = module.get_bin_path("firewall-cmd")
+    if firewall_cmd:
+        rc, _, _ = module.run_command([firewall_cmd, "--state"])
+        if rc == 0:
+            rc, out, err = module.run_command([firewall_cmd, "--get-active-zones"])
+            if rc != 0:
+                module.fail_json(msg=f"firewall-cmd --get-active-zones: {err.strip()}")
+            found += iso.coexistence_firewalld(iso.parse_firewalld_zones(out), [bridge, *ports])
+    virsh = module.get_bin_path("virsh")
+    if params["check_domains"] and virsh:
+        uri = params["libvirt_uri"]
+        rc, out, _ = module.run_command([virsh, "-q", "-c", uri, "net-list", "--name"])
+        xml_by_name = {}
+        for name in (line.strip() for line in out.splitlines() if rc == 0):
+            if name:
+                rc2, xml, _ = module.run_command([virsh, "-q", "-c", uri, "net-dumpxml", name])
+                if rc2 == 0:
+                    xml_by_name[name] = xml
+        found += iso.coexistence_libvirt_networks(xml_by_name, params["parallel_family"])
+    return found
+
+
 def capabilities_snapshot(directory):
     """``{file: [mtime_ns, size, inode]}`` of the XML files in *directory*."""
     found = {}
@@ -308,6 +352,7 @@ def host_checks(module, params):
     existing = {link.get("ifname") for link in links}
     l2_only = [bridge, *[p for p in expected_ports if p in existing]]
     violations += iso.check_no_addresses(addrs, l2_only)
+    violations += iso.check_bridge_netfilter(links, bridge)
 
     sysctls = {}
     for ifname in l2_only:
@@ -335,6 +380,19 @@ def host_checks(module, params):
         guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
         violations += iso.check_host_guard(guard_json, table)
 
+    owned = {}
+    if params["owned"]:
+        # The text listing: nft 1.0.6's JSON prints a table's flags from freed memory.
+        present = {"bridge": table_json, "inet": guard_json if params["host_guard"] else None}
+        for family in ("bridge", "inet"):
+            if present[family] is None:
+                continue
+            rc, out, err = module.run_command([nft, "list", "table", family, table])
+            if rc != 0:
+                module.fail_json(msg=f"nft list table {family} {table}: {err.strip()}")
+            owned[family] = iso.table_is_owned(out)
+        violations += iso.check_nft_owner(owned, table)
+
     record = None
     if params["nft_record"] and os.path.exists(params["nft_record"]):
         with open(params["nft_record"], encoding="utf-8") as fh:
@@ -350,6 +408,8 @@ def host_checks(module, params):
             texts.append(out.rstrip("\n"))
         live = "\n".join(texts)
         violations += iso.check_nft_drift(live, record, table)
+
+    coexistence = coexistence_findings(module, params, bridge, expected_ports)
 
     domains, other_domains, caps_cache = None, [], None
     if params["check_domains"]:
@@ -391,6 +451,8 @@ def host_checks(module, params):
         },
         "nft_table_present": table_json is not None,
         "nft_record_compared": live is not None,
+        "nft_owned": owned,
+        "coexistence": coexistence,
         "host_guard_present": guard_json is not None,
         "domains": domains,
         "other_domains": other_domains,
@@ -469,6 +531,7 @@ def main():
             "ports": {"type": "list", "elements": "str", "default": []},
             "port_macs": {"type": "dict", "default": {}},
             "nft_record": {"type": "path"},
+            "owned": {"type": "bool", "default": False},
             "nft_table": {"type": "str"},
             "host_guard": {"type": "bool", "default": True},
             "libvirt_uri": {"type": "str", "default": "qemu:///system"},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import grp
 import json
+import os
 import re
 import signal
 import subprocess
@@ -439,16 +440,21 @@ def test_forbidden_frames_reach_nobody(site, tmp_path, kind, counter, bpf):
     assert after[counter] - before[counter] >= sent, (before, after)
 
 
-def test_allowed_frames_do_arrive(site, tmp_path):
-    """The capture above can see frames: a legitimate multicast echo from g0 arrives."""
+def good_echoes_at_g1(tmp_path, count: int = 3) -> int:
+    """Legitimate multicast echoes from g0, counted at g1."""
     cap = Capture(NS_G1, "eth0", tmp_path / "g1.pcap")
     try:
         time.sleep(1.0)
-        inject("good", 3)
+        inject("good", count)
         time.sleep(1.0)
     finally:
         cap.stop()
-    assert cap.count(f"ether src {MAC['g0']} and icmp6 and ip6[40] == 128") == 3
+    return cap.count(f"ether src {MAC['g0']} and icmp6 and ip6[40] == 128")
+
+
+def test_allowed_frames_do_arrive(site, tmp_path):
+    """The capture above can see frames: a legitimate multicast echo from g0 arrives."""
+    assert good_echoes_at_g1(tmp_path) == 3
 
 
 def test_router_guest_may_send_ra(site, tmp_path):
@@ -828,29 +834,227 @@ def live_tables() -> str:
     )
 
 
-def test_hand_edited_table_is_reloaded(site):
-    """A rule flushed and a port taken out of the set by hand, the file unchanged: --check
-    reports it, the next run reloads the tables as the role renders them, the run after that
-    changes nothing."""
+KEEPER = f"/usr/local/sbin/{TABLE.replace('_', '-')}-keeper"
+
+
+def keeper(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(KEEPER, *argv, "--table", TABLE, check=check)
+
+
+def port_states(bridge: str = BRIDGE, ns: str | None = None) -> dict[str, str]:
+    cmd = ["bridge", "-j", "link", "show"]
+    out = sh(*(["ip", "netns", "exec", ns] if ns else []), *cmd).stdout
+    return {p["ifname"]: p.get("state") for p in json.loads(out) if p.get("master") == bridge}
+
+
+def test_the_kept_tables_refuse_hand_edits(site):
+    """The keeper loaded the tables with the owner flag: no other process may flush a chain,
+    remove an element or delete either table."""
+    want = live_tables()
+    assert "flags owner" in want
+    for argv in (
+        ("flush", "chain", "bridge", TABLE, "parallel_input"),
+        ("delete", "element", "bridge", TABLE, "parallel_ports", f'{{ "{PORTS[0]}" }}'),
+        ("add", "rule", "bridge", TABLE, "parallel_forward", "accept"),
+        ("delete", "table", "bridge", TABLE),
+        ("delete", "table", "inet", TABLE),
+    ):
+        done = sh("nft", *argv, check=False)
+        assert done.returncode != 0 and "Operation not permitted" in done.stderr, (argv, done)
+    assert live_tables() == want
+
+
+def test_a_killed_keeper_disables_the_ports_until_it_is_back(site, tmp_path):
+    """SIGKILL to the keeper (no systemd here: its own supervisor restarts it). Its tables
+    go with it; the supervisor disables the bridge's ports first, the new keeper loads the
+    tables and enables the ports it disabled. Measured: both times, against a 10 s bound."""
+    want = live_tables()
+    status = json.loads(keeper("status").stdout)
+    start = time.monotonic()
+    os.kill(status["pid"], signal.SIGKILL)
+    disabled_at = back_at = None
+    while time.monotonic() - start < 30:
+        states = port_states()
+        if disabled_at is None and states and set(states.values()) == {"disabled"}:
+            disabled_at = time.monotonic() - start
+        answer = keeper("status", check=False)
+        if (
+            answer.returncode == 0
+            and json.loads(answer.stdout)["pid"] != status["pid"]
+            and set(port_states().values()) == {"forwarding"}
+        ):
+            back_at = time.monotonic() - start
+            break
+        time.sleep(0.005)
+    print(f"keeper killed: ports disabled after {disabled_at} s, back after {back_at} s")
+    assert disabled_at is not None, "the ports were never seen disabled"
+    assert back_at is not None and back_at < 10, back_at
+    assert live_tables() == want
+    assert good_echoes_at_g1(tmp_path) == 3  # the parallel side works again
+
+
+def test_a_stopped_keepers_table_is_replaced_by_the_role(site, tmp_path):
+    """The keeper stopped (its tables and ports are gone with it) and a table of the same
+    name loaded by hand without the owner flag and edited, as ``nft -f`` or an older role
+    loads it: --check reports it, the next run starts the keeper, which replaces that table
+    in one transaction with its own, and the run after that changes nothing."""
     playbook = site["workdir"] / "hypervisor.yml"
     want = live_tables()
+    keeper("stop")
+    assert set(port_states().values()) == {"disabled"}
+    assert sh("nft", "list", "table", "bridge", TABLE, check=False).returncode != 0
+    unowned = tmp_path / "unowned.nft"
+    unowned.write_text(
+        re.sub(r"\s*flags owner;", "", Path(site["extra"]["mv6_hypervisor_nft_file"]).read_text())
+    )
+    sh("nft", "-f", str(unowned))
     sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input")
-    sh("nft", "delete", "element", "bridge", TABLE, "parallel_ports", f'{{ "{PORTS[0]}" }}')
-    assert live_tables() != want
     check = run_playbook(playbook, site["extra"], check=True)
     assert check["rc"] == 0, json.dumps(check)[-3000:]
     assert changed_tasks(check) == [
         "mv6.transition.hypervisor : Report that the tables would be reloaded (check mode)"
     ]
-    assert live_tables() != want, "check mode reloaded the table"
     repair = run_playbook(playbook, site["extra"])
     assert repair["rc"] == 0, json.dumps(repair)[-3000:]
-    assert changed_tasks(repair) == [
-        "mv6.transition.hypervisor : Load the isolation table(s) (one atomic transaction)"
-    ]
+    # The record is rewritten with what it held: the keeper's tables are the role's again.
+    assert changed_tasks(repair) == ["mv6.transition.hypervisor : Start the keeper"]
     assert live_tables() == want
+    assert set(port_states().values()) == {"forwarding"}
     again = run_playbook(playbook, site["extra"])
     assert again["rc"] == 0 and changed_tasks(again) == [], json.dumps(again)[-3000:]
+
+
+KEPT_TABLE = "t_hv_kept"
+NS_KH, NS_KG0, NS_KG1 = "t-hv-kh", "t-hv-kg0", "t-hv-kg1"
+
+
+@pytest.fixture
+def kept_host(site, tmp_path):
+    """A host of its own (a network namespace) with the role's bridge, guest ports and
+    rendered tables, held by the role's keeper: there a test may flush the whole ruleset."""
+    lab = NetnsLab()
+    nft_file = tmp_path / "kept.nft"
+    nft_file.write_text(
+        Path(site["extra"]["mv6_hypervisor_nft_file"]).read_text().replace(TABLE, KEPT_TABLE)
+    )
+    args = ["--table", KEPT_TABLE, "--bridge", BRIDGE]
+    try:
+        for ns in (NS_KH, NS_KG0, NS_KG1):
+            lab.add_ns(ns)
+        kh = ("ip", "-n", NS_KH, "link")
+        sh(*kh, "add", BRIDGE, "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
+        for port, ns, key in ((PORTS[0], NS_KG0, "g0"), (PORTS[1], NS_KG1, "g1")):
+            sh(*kh, "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", MAC[key], "up")
+            ns_exec(ns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=0")
+            sh("ip", "-n", ns, "addr", "add", f"{ADDR[key]}/64", "dev", "eth0", "nodad")
+            sh(*kh, "set", port, "master", BRIDGE, "up")
+        sh(*kh, "set", BRIDGE, "up")
+        ns_exec(NS_KH, KEEPER, "start", *args, "--file", str(nft_file))
+        yield {"file": nft_file}
+    finally:
+        ns_exec(NS_KH, KEEPER, "stop", "--table", KEPT_TABLE, check=False)
+        for name in ("disabled", "log"):
+            Path(f"/run/mv6/{KEPT_TABLE}.keeper.{name}").unlink(missing_ok=True)
+        lab.cleanup()
+
+
+def kept_listing() -> str:
+    return "".join(
+        ns_exec(NS_KH, "nft", "-s", "list", "table", family, KEPT_TABLE).stdout
+        for family in ("bridge", "inet")
+    )
+
+
+FIREWALL_ROLE_CONF = """flush ruleset
+table inet t_site_firewall {
+	chain input {
+		type filter hook input priority filter; policy accept;
+	}
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "loader",
+    [
+        ("nft", "flush", "ruleset"),  # nftables.service's stop
+        ("nft", "-f", "FIREWALL"),  # its start, reload and restart, with a firewall role's file
+    ],
+)
+def test_flush_ruleset_leaves_the_kept_tables(kept_host, tmp_path, loader):
+    """Wrong-family frames stay dropped and the right family still flows after the flush."""
+    want = kept_listing()
+    firewall = tmp_path / "nftables.conf"
+    firewall.write_text(FIREWALL_ROLE_CONF)
+    ns_exec(NS_KH, *[str(firewall) if a == "FIREWALL" else a for a in loader])
+    assert kept_listing() == want
+    script = Path("/tmp/t-hv-inject.py")
+    script.write_text(INJECT)
+    cap = Capture(NS_KG1, "eth0", tmp_path / "kg1.pcap")
+    try:
+        time.sleep(1.0)
+        for kind in ("ipv4", "vlan", "good"):
+            ns_exec(NS_KG0, SCAPY_PYTHON, str(script), kind, "3", MAC["g0"], ADDR["g0"], "x")
+        time.sleep(1.0)
+    finally:
+        cap.stop()
+    assert cap.count("ip") == 0 and cap.count("vlan") == 0
+    assert cap.count("icmp6 and ip6[40] == 128") >= 3
+
+
+DOCKER_LIKE = """table inet t_hv_docker {
+	counter tracked { }
+	counter untracked { }
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state untracked counter name untracked
+		ct state new,established,related counter name tracked
+	}
+}
+"""
+
+
+def test_bridged_frames_are_not_tracked_where_br_netfilter_is_on(kept_host, tmp_path):
+    """A Docker-like host (br_netfilter's bridge-nf-call-ip6tables on, as in every new
+    namespace while the module is loaded, and a ruleset that uses conntrack): unicast echoes
+    between two guests reach the host's inet forward hook through br_netfilter, untracked
+    (the host guard's parallel_notrack), and leave no conntrack entry."""
+    sysctl = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+    state = ns_exec(NS_KH, "cat", sysctl, check=False).stdout.strip()
+    if state != "1":
+        pytest.skip(f"br_netfilter is not loaded on this machine ({sysctl}: {state or 'absent'})")
+    docker = tmp_path / "docker.nft"
+    docker.write_text(DOCKER_LIKE)
+    ns_exec(NS_KH, "nft", "-f", str(docker))
+    script = Path("/tmp/t-hv-inject.py")
+    script.write_text(INJECT)
+    for _ in range(3):
+        ns_exec(
+            NS_KG0,
+            SCAPY_PYTHON,
+            str(script),
+            "echo",
+            "1",
+            MAC["g0"],
+            ADDR["g0"],
+            MAC["g1"],
+            ADDR["g1"],
+        )
+    data = json.loads(
+        ns_exec(NS_KH, "nft", "-j", "list", "counters", "table", "inet", "t_hv_docker").stdout
+    )
+    seen = {
+        c["counter"]["name"]: c["counter"]["packets"] for c in data["nftables"] if "counter" in c
+    }
+    tracked = [
+        line
+        for line in ns_exec(NS_KH, "cat", "/proc/net/nf_conntrack").stdout.splitlines()
+        if ADDR["g0"].replace("::", ":") in line or "2001:0db8" in line
+    ]
+    assert seen["untracked"] >= 6, seen  # 3 requests, 3 replies
+    assert seen["tracked"] == 0, seen
+    assert tracked == [], tracked
 
 
 # ---------------------------------------------------------------- IPv4 parallel network

@@ -3,6 +3,7 @@ role on this host, and network namespaces acting as single-family guests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from conftest import (
     KVM,
     NetnsLab,
+    changed_tasks,
     device_mode,
     run_module,
     run_playbook,
@@ -29,8 +31,9 @@ TABLE = "t_hv_iso_facts"
 NS_PORT = "t-hv-q"
 NS_V6, NS_V4 = "t-hv-v6g", "t-hv-v4g"
 HOST_CHECKS = ("host_address", "host_sysctl", "nft_table", "nft_chain", "nft_counter", "nft_set")
-HOST_CHECKS += ("bridge", "uplink", "nft_drift")
+HOST_CHECKS += ("bridge", "uplink", "nft_drift", "nft_owner", "bridge_netfilter")
 RECORD = f"/var/lib/mv6/{TABLE}.loaded"
+KEEPER = f"/usr/local/sbin/{TABLE.replace('_', '-')}-keeper"
 
 PLAYBOOK = """\
 - name: Hypervisor role for the isolation_facts test
@@ -80,7 +83,7 @@ def host(tmp_path_factory):
         assert result["rc"] == 0, json.dumps(result)[-3000:]
         sh("ip", "link", "set", PORT, "master", BRIDGE)
         sh("ip", "link", "set", PORT, "up")
-        yield {"extra": extra, "nft_file": extra["mv6_hypervisor_nft_file"]}
+        yield {"extra": extra, "nft_file": extra["mv6_hypervisor_nft_file"], "playbook": playbook}
     finally:
         run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
         lab.cleanup()
@@ -139,43 +142,118 @@ def test_sysctl_drift_is_reported(host):
     assert [(v["check"], v["object"]) for v in found] == [("host_sysctl", key)]
 
 
-def test_flushed_or_edited_chain_is_reported(host):
-    """The chains still exist, so only the comparison with what the role loaded sees it."""
-    assert ours(audit(nft_record=RECORD)) == []
-    sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input")
+def test_bridge_netfilter_switch_is_reported_and_repaired(host):
+    sh("ip", "link", "set", "dev", BRIDGE, "type", "bridge", "nf_call_ip6tables", "1")
     try:
-        flushed = ours(audit(nft_record=RECORD))
-        without_record = ours(audit())
+        found = ours(audit())
+        repair = run_playbook(host["playbook"], host["extra"])
+        link = json.loads(sh("ip", "-j", "-d", "link", "show", "dev", BRIDGE).stdout)[0]
     finally:
-        sh("nft", "-f", host["nft_file"])
+        sh("ip", "link", "set", "dev", BRIDGE, "type", "bridge", "nf_call_ip6tables", "0")
+    assert [(v["check"], v["object"]) for v in found] == [("bridge_netfilter", BRIDGE)]
+    assert repair["rc"] == 0, json.dumps(repair)[-3000:]
+    assert "mv6.transition.hypervisor : Correct the bridge's options" in changed_tasks(repair)
+    assert link["linkinfo"]["info_data"]["nf_call_ip6tables"] == 0
+    assert ours(audit()) == []
+
+
+def test_br_netfilter_host_switches_are_reported_not_violations(host):
+    """Read from this machine: its br_netfilter sysctls are what they are, the report follows."""
+    on = [
+        f"net.bridge.bridge-nf-call-{name}"
+        for name in ("arptables", "ip6tables", "iptables")
+        if Path(f"/proc/sys/net/bridge/bridge-nf-call-{name}").exists()
+        and Path(f"/proc/sys/net/bridge/bridge-nf-call-{name}").read_text().strip() == "1"
+    ]
+    result = audit()
+    reported = [f["object"] for f in result["facts"]["coexistence"] if "bridge-nf" in f["object"]]
+    assert reported == ([" ".join(on)] if on else [])
+    assert ours(result) == []
+
+
+def listing(family: str) -> str:
+    return sh("nft", "-s", "list", "table", family, TABLE).stdout.rstrip("\n")
+
+
+@contextlib.contextmanager
+def unkept(host, tmp_path):
+    """The keeper stopped and the role's tables loaded without the owner flag, as plain
+    ``nft -f`` (or the role before the keeper) loads them: only such tables can be edited
+    by hand. A record of them, as the role writes one, goes to *tmp_path*."""
+    sh(KEEPER, "stop", "--table", TABLE)
+    unowned = tmp_path / "unowned.nft"
+    unowned.write_text(re.sub(r"\s*flags owner;", "", Path(host["nft_file"]).read_text()))
+    record = tmp_path / "record"
+    try:
+        sh("nft", "-f", str(unowned))
+        record.write_text("\n".join(listing(family) for family in ("bridge", "inet")))
+        yield {"record": str(record), "file": str(unowned)}
+    finally:
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, TABLE, check=False)
+        sh(KEEPER, "start", "--table", TABLE, "--file", host["nft_file"], "--bridge", BRIDGE)
+
+
+def test_kept_tables_are_owned_and_refuse_hand_edits(host):
+    result = audit(nft_record=RECORD, owned=True)
+    assert ours(result) == []
+    assert result["facts"]["nft_owned"] == {"bridge": True, "inet": True}
+    flushed = sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input", check=False)
+    assert flushed.returncode != 0 and "Operation not permitted" in flushed.stderr, flushed
+    assert ours(audit(nft_record=RECORD, owned=True)) == []
+
+
+def test_unowned_tables_are_reported(host, tmp_path):
+    with unkept(host, tmp_path) as state:
+        found = ours(audit(nft_record=state["record"], owned=True))
+        without = ours(audit(nft_record=state["record"]))
+    assert [(v["check"], v["object"]) for v in found] == [
+        ("nft_owner", f"bridge {TABLE}"),
+        ("nft_owner", f"inet {TABLE}"),
+    ]
+    assert "flush ruleset" in found[0]["reason"]
+    assert without == []
+
+
+def test_flushed_or_edited_chain_is_reported(host, tmp_path):
+    """The chains still exist, so only the comparison with what the role loaded sees it."""
+    with unkept(host, tmp_path) as state:
+        record = state["record"]
+        assert ours(audit(nft_record=record)) == []
+        sh("nft", "flush", "chain", "bridge", TABLE, "parallel_input")
+        flushed = ours(audit(nft_record=record))
+        without_record = ours(audit())
+        sh("nft", "-f", state["file"])
+        sh("nft", "add", "rule", "bridge", TABLE, "parallel_forward", "accept")
+        edited = ours(audit(nft_record=record))
+        sh("nft", "-f", state["file"])
+        restored = ours(audit(nft_record=record))
     assert [(v["check"], v["object"]) for v in flushed] == [("nft_drift", f"bridge {TABLE}")]
     assert "drop_input" in flushed[0]["reason"], flushed
     assert without_record == []
-    sh("nft", "add", "rule", "bridge", TABLE, "parallel_forward", "accept")
-    try:
-        edited = ours(audit(nft_record=RECORD))
-    finally:
-        sh("nft", "-f", host["nft_file"])
     assert [v["check"] for v in edited] == ["nft_drift"], edited
+    assert restored == []
     assert ours(audit(nft_record=RECORD)) == []
 
 
-def test_missing_host_guard_is_reported(host):
-    sh("nft", "delete", "table", "inet", TABLE)
-    try:
+def test_missing_host_guard_is_reported(host, tmp_path):
+    with unkept(host, tmp_path):
+        sh("nft", "delete", "table", "inet", TABLE)
         found = ours(audit())
-    finally:
-        sh("nft", "-f", host["nft_file"])
     assert [(v["check"], v["object"]) for v in found] == [("nft_table", f"inet {TABLE}")]
 
 
-def test_missing_table_is_reported(host):
-    sh("nft", "delete", "table", "bridge", TABLE)
+def test_missing_table_is_reported(host, tmp_path):
+    """A stopped keeper takes its tables with it."""
+    sh(KEEPER, "stop", "--table", TABLE)
     try:
         found = ours(audit())
     finally:
-        sh("nft", "-f", host["nft_file"])
-    assert [(v["check"], v["object"]) for v in found] == [("nft_table", f"bridge {TABLE}")]
+        sh(KEEPER, "start", "--table", TABLE, "--file", host["nft_file"], "--bridge", BRIDGE)
+    assert [(v["check"], v["object"]) for v in found] == [
+        ("nft_table", f"bridge {TABLE}"),
+        ("nft_table", f"inet {TABLE}"),
+    ]
 
 
 @pytest.fixture

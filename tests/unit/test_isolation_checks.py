@@ -128,7 +128,8 @@ def test_nft_table_missing():
 def test_host_guard():
     table = {"nftables": [{"chain": {"name": "parallel_host_output", "hook": "output"}}]}
     assert [v["reason"] for v in iso.check_host_guard(table, "t")] == [
-        "chain parallel_host_input is missing"
+        "chain parallel_host_input is missing",
+        "chain parallel_notrack is missing",
     ]
     assert [v["object"] for v in iso.check_host_guard(None, "t")] == ["inet t"]
 
@@ -499,3 +500,94 @@ def test_nft_drift_added_rule_is_reported():
 def test_nft_drift_needs_a_record_and_a_table():
     assert iso.check_nft_drift("anything", None, "t") == []
     assert iso.check_nft_drift(None, RECORD, "t") == []
+
+
+OWNED_LISTING = """table bridge mv6_isolation { # progname python3
+	flags owner
+
+	counter drop_input {
+		packets 0 bytes 0
+	}
+
+	set uplink_macs {
+		type ether_addr
+		size 4096
+		flags dynamic,timeout
+		timeout 5m
+	}
+}
+"""
+
+
+def test_owner_flag_is_read_from_the_table_not_from_its_sets():
+    assert iso.table_is_owned(OWNED_LISTING)
+    unowned = OWNED_LISTING.replace("\tflags owner\n", "")
+    # The set's own "flags dynamic,timeout" is not the table's.
+    assert not iso.table_is_owned(unowned)
+    assert iso.table_is_owned(OWNED_LISTING.replace("flags owner", "flags dormant,owner"))
+
+
+def test_nft_owner_reports_each_unowned_table():
+    assert iso.check_nft_owner({"bridge": True, "inet": True}, "t") == []
+    found = iso.check_nft_owner({"bridge": False, "inet": True}, "t")
+    assert [(v["check"], v["object"]) for v in found] == [("nft_owner", "bridge t")]
+    assert "flush ruleset" in found[0]["reason"]
+
+
+def test_bridge_netfilter_switches_of_the_parallel_bridge():
+    link = {"ifname": "mv6br0", "linkinfo": {"info_kind": "bridge", "info_data": {}}}
+    data = link["linkinfo"]["info_data"]
+    data.update(nf_call_iptables=0, nf_call_ip6tables=0, nf_call_arptables=0)
+    other = {"ifname": "docker0", "linkinfo": {"info_data": {"nf_call_iptables": 1}}}
+    assert iso.check_bridge_netfilter([link, other], "mv6br0") == []
+    data["nf_call_ip6tables"] = 1
+    found = iso.check_bridge_netfilter([link, other], "mv6br0")
+    assert [(v["check"], v["object"]) for v in found] == [("bridge_netfilter", "mv6br0")]
+    assert "nf_call_ip6tables" in found[0]["reason"]
+
+
+def test_br_netfilter_host_switches_are_reported_by_name():
+    assert iso.coexistence_br_netfilter({"iptables": None, "ip6tables": None}, "b") == []
+    assert iso.coexistence_br_netfilter({"iptables": "0\n", "ip6tables": "0\n"}, "b") == []
+    found = iso.coexistence_br_netfilter({"iptables": "1\n", "ip6tables": "0\n"}, "b")
+    assert [f["object"] for f in found] == ["net.bridge.bridge-nf-call-iptables"]
+
+
+FIREWALLD_ZONES = """docker
+  interfaces: docker0
+public
+  interfaces: eth0 mv6up0
+trusted
+  sources: 203.0.113.0/24
+"""
+
+
+def test_firewalld_zones_holding_mv6_interfaces():
+    zones = iso.parse_firewalld_zones(FIREWALLD_ZONES)
+    assert zones == {"docker": ["docker0"], "public": ["eth0", "mv6up0"], "trusted": []}
+    found = iso.coexistence_firewalld(zones, ["mv6br0", "mv6up0", "mv6p0"])
+    assert [(f["object"], "mv6up0" in f["reason"]) for f in found] == [
+        ("firewalld zone public", True)
+    ]
+    assert iso.coexistence_firewalld(zones, ["mv6br0"]) == []
+
+
+DEFAULT_NET = """<network>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'/>
+</network>"""
+
+
+def test_libvirt_network_of_the_parallel_family_is_reported():
+    found = iso.coexistence_libvirt_networks({"default": DEFAULT_NET}, "ipv4")
+    assert [f["object"] for f in found] == ["libvirt network default"]
+    assert "virbr0" in found[0]["reason"]
+    # On an IPv4-native host (parallel IPv6) the default network's IPv4 is the native family.
+    assert iso.coexistence_libvirt_networks({"default": DEFAULT_NET}, "ipv6") == []
+    v6 = DEFAULT_NET.replace(
+        "<ip address='192.168.122.1' netmask='255.255.255.0'/>",
+        "<ip family='ipv6' address='2001:db8:122::1' prefix='64'/>",
+    )
+    assert iso.coexistence_libvirt_networks({"n6": v6}, "ipv6")[0]["object"] == "libvirt network n6"
