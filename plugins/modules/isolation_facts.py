@@ -283,7 +283,7 @@ def coexistence_findings(module, params, bridge, ports):
     )
     firewall_cmd = module.get_bin_path("firewall-cmd")
     if firewall_cmd:
-        rc, _, _ = module.run_command([firewall_cmd, "--state"])
+        rc, _out, _err = module.run_command([firewall_cmd, "--state"])
         if rc == 0:
             rc, out, err = module.run_command([firewall_cmd, "--get-active-zones"])
             if rc != 0:
@@ -292,11 +292,11 @@ def coexistence_findings(module, params, bridge, ports):
     virsh = module.get_bin_path("virsh")
     if params["check_domains"] and virsh:
         uri = params["libvirt_uri"]
-        rc, out, _ = module.run_command([virsh, "-q", "-c", uri, "net-list", "--name"])
+        rc, out, _err = module.run_command([virsh, "-q", "-c", uri, "net-list", "--name"])
         xml_by_name = {}
         for name in (line.strip() for line in out.splitlines() if rc == 0):
             if name:
-                rc2, xml, _ = module.run_command([virsh, "-q", "-c", uri, "net-dumpxml", name])
+                rc2, xml, _err = module.run_command([virsh, "-q", "-c", uri, "net-dumpxml", name])
                 if rc2 == 0:
                     xml_by_name[name] = xml
         found += iso.coexistence_libvirt_networks(xml_by_name, params["parallel_family"])

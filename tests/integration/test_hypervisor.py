@@ -968,9 +968,9 @@ def kept_listing() -> str:
 
 FIREWALL_ROLE_CONF = """flush ruleset
 table inet t_site_firewall {
-	chain input {
-		type filter hook input priority filter; policy accept;
-	}
+    chain input {
+        type filter hook input priority filter; policy accept;
+    }
 }
 """
 
@@ -1004,13 +1004,13 @@ def test_flush_ruleset_leaves_the_kept_tables(kept_host, tmp_path, loader):
 
 
 DOCKER_LIKE = """table inet t_hv_docker {
-	counter tracked { }
-	counter untracked { }
-	chain forward {
-		type filter hook forward priority filter; policy accept;
-		ct state untracked counter name untracked
-		ct state new,established,related counter name tracked
-	}
+    counter tracked { }
+    counter untracked { }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ct state untracked counter name untracked
+        ct state new,established,related counter name tracked
+    }
 }
 """
 
@@ -1029,7 +1029,7 @@ def test_bridged_frames_are_not_tracked_where_br_netfilter_is_on(kept_host, tmp_
     ns_exec(NS_KH, "nft", "-f", str(docker))
     script = Path("/tmp/t-hv-inject.py")
     script.write_text(INJECT)
-    for _ in range(3):
+    for _echo in range(3):
         ns_exec(
             NS_KG0,
             SCAPY_PYTHON,

@@ -503,25 +503,25 @@ def test_nft_drift_needs_a_record_and_a_table():
 
 
 OWNED_LISTING = """table bridge mv6_isolation { # progname python3
-	flags owner
+    flags owner
 
-	counter drop_input {
-		packets 0 bytes 0
-	}
+    counter drop_input {
+        packets 0 bytes 0
+    }
 
-	set uplink_macs {
-		type ether_addr
-		size 4096
-		flags dynamic,timeout
-		timeout 5m
-	}
+    set uplink_macs {
+        type ether_addr
+        size 4096
+        flags dynamic,timeout
+        timeout 5m
+    }
 }
 """
 
 
 def test_owner_flag_is_read_from_the_table_not_from_its_sets():
     assert iso.table_is_owned(OWNED_LISTING)
-    unowned = OWNED_LISTING.replace("\tflags owner\n", "")
+    unowned = OWNED_LISTING.replace("    flags owner\n", "")
     # The set's own "flags dynamic,timeout" is not the table's.
     assert not iso.table_is_owned(unowned)
     assert iso.table_is_owned(OWNED_LISTING.replace("flags owner", "flags dormant,owner"))

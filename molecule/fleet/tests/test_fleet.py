@@ -194,9 +194,9 @@ KEPT_UNIT = "mv6-mv6-isolation.service"
 FIREWALL_CONF = """#!/usr/sbin/nft -f
 flush ruleset
 table inet t_site_firewall {
-	chain input {
-		type filter hook input priority filter; policy accept;
-	}
+    chain input {
+        type filter hook input priority filter; policy accept;
+    }
 }
 """
 
@@ -212,7 +212,7 @@ def kept_tables(host: str) -> str:
 
 def ping_soon(host: str, name: str, dst: str, tries: int = 5) -> bool:
     """An echo answered within a few tries (a neighbour entry may have to be resolved again)."""
-    return any(fleet.guest_ping(host, name, dst) for _ in range(tries))
+    return any(fleet.guest_ping(host, name, dst) for _try in range(tries))
 
 
 def test_nftables_service_leaves_the_isolation_in_force(plan_a):

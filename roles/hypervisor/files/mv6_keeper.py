@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Keeps the MV6 isolation tables loaded, owned by this process: the fail-closed half.
 
 Installed by mv6.transition roles/hypervisor (docs/isolation.md, "Fail closed"). The tables
@@ -24,7 +23,8 @@ Commands (``--table`` names the tables and the state files):
   disable-ports  put every port of the bridge in the disabled state (ExecStopPost)
 
 Python and the libnftables binding (Debian's python3-nftables) only: this runs on the
-hypervisor, outside any virtualenv, and the owner flag needs the socket that loaded the
+hypervisor, outside any virtualenv, under the system's /usr/bin/python3 (the role's wrapper
+in /usr/local/sbin runs it so), and the owner flag needs the socket that loaded the
 table to stay open, which ``nft -f`` cannot do.
 """
 
@@ -150,7 +150,7 @@ class Keeper:
         self.stopping = False
 
     def exists(self, family: str) -> bool:
-        rc, _, _ = self.nft.cmd(f"list table {family} {self.args.table}")
+        rc, _out, _err = self.nft.cmd(f"list table {family} {self.args.table}")
         return rc == 0
 
     def load(self) -> tuple[bool, str]:
@@ -170,7 +170,7 @@ class Keeper:
             for fam in sorted(families - self.owned)
             if self.exists(fam)
         ] + [f"delete table {fam} {self.args.table}" for fam in sorted(self.owned - families)]
-        rc, _, err = self.nft.cmd("\n".join([*prefix, text]))
+        rc, _out, err = self.nft.cmd("\n".join([*prefix, text]))
         if rc != 0:
             return False, err.strip() or f"nft rc {rc}"
         self.owned = families
@@ -215,7 +215,7 @@ class Keeper:
         try:
             while not self.stopping:
                 try:
-                    conn, _ = server.accept()
+                    conn, _addr = server.accept()
                 except TimeoutError:
                     self.check()
                     continue
@@ -387,7 +387,9 @@ def stop_supervisor(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mv6-keeper", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="mv6-keeper", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     parser.add_argument(
         "command",
         choices=["run", "supervise", "start", "stop", "reload", "status", "disable-ports"],
