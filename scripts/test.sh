@@ -6,10 +6,7 @@
 # controller side is in a namespace of its own (scripts/fleet.sh), so the other tiers see
 # nothing of it on this machine; most of a fleet run is one host's Ansible tasks waiting on
 # another, which leaves a core free. Run one after the other, the tiers would exceed the CI
-# budget (docs/testing.md, "The whole run"). The Molecule scenarios go before the
-# integration tier: beside the fleet, the integration tier ran three times slower than alone
-# (33.5 against 12 minutes), so the fleet shares the machine with the scenarios instead, and
-# the integration tier mostly runs after the fleet ended (docs/testing.md has the run).
+# budget (docs/testing.md, "The whole run").
 #
 #   MV6_TEST_FLEET=0 bash scripts/test.sh    every tier but the fleet
 set -uo pipefail
@@ -52,7 +49,7 @@ if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
 fi
 
 rc=0
-for tier in lint unit sanity molecule integration; do
+for tier in lint unit sanity integration molecule; do
   stamp "make $tier"
   start=$SECONDS
   if ! make "$tier"; then

@@ -893,6 +893,34 @@ def test_a_killed_keeper_disables_the_ports_until_it_is_back(site, tmp_path):
     assert good_echoes_at_g1(tmp_path) == 3  # the parallel side works again
 
 
+def test_a_killed_supervisor_takes_the_keeper_down_closed(site, tmp_path):
+    """SIGKILL to the keeper's supervisor: the kernel sends the keeper SIGTERM
+    (PR_SET_PDEATHSIG), it puts the bridge down and ends, and its tables go with it. A port
+    whose carrier comes back meanwhile stays disabled, and nothing crosses. The next run of
+    the role starts both again."""
+    playbook = site["workdir"] / "hypervisor.yml"
+    want = live_tables()
+    supervisor = int(Path(f"/run/mv6/{TABLE}.keeper.pid").read_text().split()[0])
+    os.kill(supervisor, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while keeper("status", check=False).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keeper("status", check=False).returncode != 0, "the keeper outlived its supervisor"
+    time.sleep(0.5)
+    assert sh("nft", "list", "table", "bridge", TABLE, check=False).returncode != 0
+    sh("ip", "link", "set", PORTS[0], "down")
+    sh("ip", "link", "set", PORTS[0], "up")
+    time.sleep(0.5)
+    assert set(port_states().values()) == {"disabled"}, port_states()
+    assert good_echoes_at_g1(tmp_path) == 0
+    repair = run_playbook(playbook, site["extra"])
+    assert repair["rc"] == 0, json.dumps(repair)[-3000:]
+    assert changed_tasks(repair) == ["mv6.transition.hypervisor : Start the keeper"]
+    assert live_tables() == want
+    assert set(port_states().values()) == {"forwarding"}
+    assert good_echoes_at_g1(tmp_path) == 3
+
+
 def test_a_stopped_keepers_table_is_replaced_by_the_role(site, tmp_path):
     """The keeper stopped (its tables and ports are gone with it) and a table of the same
     name loaded by hand without the owner flag and edited, as ``nft -f`` or an older role

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -56,6 +57,10 @@ TABLE_RE = re.compile(r"^table\s+(bridge|inet|ip|ip6|arp|netdev)\s+(\S+)", re.MU
 
 def log(message: str) -> None:
     print(f"mv6-keeper[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+class Stopping(Exception):
+    """Raised by the keeper's SIGTERM handler."""
 
 
 class Paths:
@@ -86,10 +91,45 @@ def set_port_state(port: str, state: int) -> bool:
     return done.returncode == 0
 
 
-def disable_ports(bridge: str, paths: Paths) -> list[str]:
-    """Every port of the bridge to disabled; the list is kept so that only these come back."""
-    ports = bridge_ports(bridge)
+DOWN = "@bridge-down"  # in the record: this keeper took the bridge down
+
+
+def bridge_is_up(bridge: str) -> bool:
+    try:
+        return bool(int(Path("/sys/class/net", bridge, "flags").read_text(), 16) & 0x1)
+    except (OSError, ValueError):
+        return False
+
+
+def healthy_keeper(paths: Paths, not_pid: int | None = None) -> bool:
+    """Another keeper holds the tables (a second one failed to take them): leave the ports."""
+    reply = ask(paths, "status", timeout=2)
+    return bool(reply and reply.get("generation", 0) > 0 and reply.get("pid") != not_pid)
+
+
+def disable_ports(bridge: str, paths: Paths, dead_pid: int | None = None) -> list[str]:
+    """The bridge down, then every port disabled; the record says what to bring back.
+
+    A port's own state alone would not hold: with no STP the kernel sets a port forwarding
+    again when its carrier comes back, and a port that joins later starts forwarding. The
+    ports of a bridge that is down stay disabled through both.
+    """
+    if healthy_keeper(paths, dead_pid):
+        log(f"{bridge}: another keeper holds the tables; ports left as they are")
+        return []
     previous = set(read_disabled(paths))
+    if bridge_is_up(bridge):
+        done = subprocess.run(
+            ["ip", "link", "set", "dev", bridge, "down"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            previous.add(DOWN)
+        else:
+            log(f"{bridge}: down: {done.stderr.strip()}")
+    ports = bridge_ports(bridge)
     for port in ports:
         set_port_state(port, 0)
     RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -97,8 +137,8 @@ def disable_ports(bridge: str, paths: Paths) -> list[str]:
     tmp = paths.disabled.with_suffix(".tmp")
     tmp.write_text("".join(f"{p}\n" for p in record))
     tmp.replace(paths.disabled)
-    if ports:
-        log(f"{bridge}: ports disabled until the tables are back: {' '.join(ports)}")
+    if ports or DOWN in record:
+        log(f"{bridge}: down, ports disabled until the tables are back: {' '.join(ports)}")
     return ports
 
 
@@ -110,18 +150,36 @@ def read_disabled(paths: Paths) -> list[str]:
 
 
 def enable_ports(bridge: str, paths: Paths) -> None:
-    """The ports this keeper disabled, back to forwarding (those still on the bridge)."""
+    """What this keeper disabled comes back: the bridge up, its recorded ports forwarding."""
     wanted = read_disabled(paths)
     if not wanted:
         return
+    if DOWN in wanted:
+        done = subprocess.run(
+            ["ip", "link", "set", "dev", bridge, "up"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            log(f"{bridge}: up: {done.stderr.strip()}")
     present = set(bridge_ports(bridge))
-    failed = [p for p in wanted if p in present and not set_port_state(p, 3)]
+    ports = [p for p in wanted if p != DOWN and p in present]
+    failed = [p for p in ports if not set_port_state(p, 3)]
     if failed:
         # A port that is down cannot forward yet; the kernel puts it to forwarding itself
         # when it comes up (no STP on the parallel bridge).
         log(f"{bridge}: not back to forwarding: {' '.join(failed)}")
     paths.disabled.unlink(missing_ok=True)
-    log(f"{bridge}: ports forwarding again: {' '.join(p for p in wanted if p in present)}")
+    log(f"{bridge}: up again, ports forwarding: {' '.join(ports)}")
+
+
+def die_with_supervisor() -> None:
+    """Under ``supervise``: end (disabling the ports) when the supervisor is gone, so that a
+    keeper is never left running without someone to disable the ports when it dies."""
+    if os.environ.get("MV6_KEEPER_SUPERVISOR") is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(os.environ["MV6_KEEPER_SUPERVISOR"]):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def notify(message: str) -> None:
@@ -148,6 +206,7 @@ class Keeper:
         self.loaded_at = 0.0
         self.digest = ""
         self.stopping = False
+        self.failed = False
 
     def exists(self, family: str) -> bool:
         rc, _out, _err = self.nft.cmd(f"list table {family} {self.args.table}")
@@ -208,9 +267,11 @@ class Keeper:
         def stop(signum, _frame):
             self.stopping = True
             log(f"signal {signum}: stopping")
+            raise Stopping  # out of accept() at once, not at its next timeout
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        die_with_supervisor()
         notify("READY=1")
         try:
             while not self.stopping:
@@ -219,16 +280,17 @@ class Keeper:
                 except TimeoutError:
                     self.check()
                     continue
-                except InterruptedError:
-                    continue
                 with conn:
                     self.answer(conn)
+        except Stopping:
+            pass
         finally:
-            # Ports first: once this process is gone the tables are gone with it.
-            disable_ports(self.args.bridge, self.paths)
+            # No more requests, then the ports: once this process is gone the tables are
+            # gone with it.
             server.close()
             self.paths.socket.unlink(missing_ok=True)
-        return 0
+            disable_ports(self.args.bridge, self.paths, dead_pid=os.getpid())
+        return 1 if self.failed else 0
 
     def check(self) -> None:
         """The kernel keeps owned tables; should one be gone all the same, load it again."""
@@ -238,7 +300,9 @@ class Keeper:
             self.owned -= set(missing)
             ok, message = self.load()
             if not ok:
-                log(f"cannot load {self.args.file}: {message}")
+                log(f"cannot load {self.args.file}: {message}; stopping (ports disabled)")
+                self.stopping = True
+                self.failed = True
 
     def answer(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -313,16 +377,21 @@ def supervise(args: argparse.Namespace) -> int:
             log(f"{RESTART_BURST} restarts in {RESTART_WINDOW_S:.0f} s: giving up, ports disabled")
             rc = 1
             break
-        child = subprocess.Popen(argv)
+        child = subprocess.Popen(
+            argv, env={**os.environ, "MV6_KEEPER_SUPERVISOR": str(os.getpid())}
+        )
         rc = child.wait()
         # The child's tables are gone with it; its own stop path disabled the ports, a
         # SIGKILL did not: disable them here in both cases before anything else passes.
-        disable_ports(args.bridge, paths)
+        disable_ports(args.bridge, paths, dead_pid=child.pid)
         if stopping:
             break
         log(f"keeper exited with {rc}; starting it again")
         time.sleep(RESTART_DELAY_S)
-    paths.pid.unlink(missing_ok=True)
+    # The file stays (a new supervisor locks the same inode); its lock goes with this process.
+    lock.seek(0)
+    lock.truncate()
+    lock.flush()
     return rc
 
 
@@ -331,12 +400,17 @@ def common_argv(args: argparse.Namespace) -> list[str]:
 
 
 def supervisor_pid(paths: Paths) -> int | None:
+    """The supervisor's pid while one holds the pid file's lock, else None."""
     try:
-        pid = int(paths.pid.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        with open(paths.pid) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return int(fh.read().split()[0])
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return None
     except (OSError, ValueError, IndexError):
         return None
-    return pid if b"supervise" in cmdline else None
 
 
 def start(args: argparse.Namespace) -> int:
@@ -369,20 +443,33 @@ def start(args: argparse.Namespace) -> int:
     return 1
 
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (where PID 1 does not reap, /proc/PID stays)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def stop_supervisor(args: argparse.Namespace) -> int:
     paths = Paths(args.table)
     pid = supervisor_pid(paths)
+    what = f"supervisor {pid}"
     if pid is None:
-        print(json.dumps({"changed": False, "message": "no supervisor is running"}))
-        return 0
+        # A keeper without its supervisor (it was killed): stop the keeper itself.
+        reply = ask(paths, "status", timeout=5)
+        if not reply:
+            print(json.dumps({"changed": False, "message": "no supervisor or keeper is running"}))
+            return 0
+        pid, what = reply["pid"], f"keeper {reply['pid']} (no supervisor)"
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or supervisor_pid(paths) is None:
-            print(json.dumps({"changed": True, "message": f"supervisor {pid} stopped"}))
+        if exited(pid):
+            print(json.dumps({"changed": True, "message": f"{what} stopped"}))
             return 0
         time.sleep(0.1)
-    print(f"supervisor {pid} did not stop within {args.timeout:.0f} s", file=sys.stderr)
+    print(f"{what} did not stop within {args.timeout:.0f} s", file=sys.stderr)
     return 1
 
 
