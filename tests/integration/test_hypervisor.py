@@ -982,7 +982,7 @@ def kept_host(site, tmp_path):
         yield {"file": nft_file}
     finally:
         ns_exec(NS_KH, KEEPER, "stop", "--table", KEPT_TABLE, check=False)
-        for name in ("disabled", "log"):
+        for name in ("disabled", "log", "pid"):
             Path(f"/run/mv6/{KEPT_TABLE}.keeper.{name}").unlink(missing_ok=True)
         lab.cleanup()
 
