@@ -128,8 +128,11 @@ def rules(family: str, ip_rule: list) -> dict:
     return {f"{family} {_render(_clean(r), _RULE_FIELDS)}": _clean(r) for r in ip_rule}
 
 
-def _excluded_table(family: str, table: str, exclude_tables) -> bool:
+def excluded_table(family: str, table: str, exclude_tables) -> bool:
     return _matches(f"{family} {table}", exclude_tables)
+
+
+_excluded_table = excluded_table
 
 
 def ruleset(nft: dict, exclude_tables=()) -> dict:

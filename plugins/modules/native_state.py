@@ -182,6 +182,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.mv6.transition.plugins.module_utils._native import (  # noqa: E402
     build_state,
     diff_states,
+    excluded_table,
     filter_state,
     read_devices,
     read_sysctls,
@@ -200,13 +201,34 @@ def _json_command(module, argv):
         module.fail_json(msg=f"{' '.join(argv)} printed no JSON: {exc}")
 
 
+def read_ruleset(module, nft_bin, exclude_tables):
+    """The ruleset as ``nft -j list ruleset`` gives it, read table by table, leaving out the
+    excluded tables before nft prints them: nft 1.0.6 prints the JSON of a table that has the
+    C(owner) flag (MV6's own, held by roles/hypervisor's keeper) from freed memory, which made
+    ``nft -j list ruleset`` print broken JSON."""
+    rc, out, err = module.run_command([nft_bin, "list", "tables"], check_rc=False)
+    if rc != 0:
+        module.fail_json(msg=f"{nft_bin} list tables failed (rc={rc}): {err.strip()}")
+    items = []
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) != 3 or words[0] != "table":
+            continue
+        family, name = words[1], words[2]
+        if excluded_table(family, name, exclude_tables or ()):
+            continue
+        listing = _json_command(module, [nft_bin, "-j", "list", "table", family, name])
+        items += [i for i in (listing or {}).get("nftables", []) if "metainfo" not in i]
+    return {"nftables": items}
+
+
 def read_state(module, exclude_interfaces, exclude_tables, devices=(), exclude_devices=()):
     ip = module.get_bin_path("ip", required=True)
     nft_bin = module.get_bin_path("nft")
     families = {"ipv4": "-4", "ipv6": "-6"}
     nft = None
     if nft_bin:
-        nft = _json_command(module, [nft_bin, "-j", "list", "ruleset"])
+        nft = read_ruleset(module, nft_bin, exclude_tables)
     else:
         module.warn("nft not found: the nftables ruleset is recorded as empty")
     return build_state(

@@ -130,7 +130,14 @@ def native_snapshot() -> dict:
     addrs = json.loads(sh("ip", "-j", "addr").stdout)
     routes4 = json.loads(sh("ip", "-j", "route", "show", "table", "all").stdout)
     routes6 = json.loads(sh("ip", "-6", "-j", "route", "show", "table", "all").stdout)
-    ruleset = json.loads(sh("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    # Table by table, ours left out before nft prints them: nft 1.0.6 prints the JSON of a
+    # table with the owner flag (the keepers' tables) from freed memory.
+    ruleset = []
+    for line in sh("nft", "list", "tables").stdout.splitlines():
+        _table, family, name = line.split()
+        if not ours(name) and name != TABLE:
+            listing = sh("nft", "-j", "list", "table", family, name).stdout
+            ruleset += json.loads(listing)["nftables"]
     volatile = {"valid_life_time", "preferred_life_time", "ifindex", "handle", "packets", "bytes"}
 
     def clean(obj):
