@@ -17,7 +17,8 @@ Commands (``--table`` names the tables and the state files):
   run          load FILE and keep it; answer on the control socket; systemd's Type=notify
   supervise    run ``run`` in a child and start it again when it ends (no systemd), bounded
   start        start ``supervise`` detached and wait until the tables are loaded
-  stop         stop the supervisor (and so the tables), wait until it is gone
+  stop         stop the supervisor (or a keeper left without one) and so the tables;
+               wait until it has exited
   reload       ask the running keeper to load FILE again (one nft transaction)
   status       print the keeper's status as JSON; exit 1 when no keeper answers
   disable-ports  put every port of the bridge in the disabled state (ExecStopPost)
