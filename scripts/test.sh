@@ -20,6 +20,13 @@ fleet_pid=""
 
 stamp() { printf '=== %s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
+# CI keeps only the end of what a run prints: a failed tier ends with the lines that name its
+# failed tests and their assertions, picked from its log.
+failures() { # LOG TITLE
+  stamp "$2: the failed tests and their errors"
+  grep -a -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: |FAILED! =>' "$1" | cut -c1-600 | head -n 80 || true
+}
+
 stop_fleet() { # the fleet's run is still going: stop it and take the fleet down
   [[ -n $fleet_pid ]] || return 0
   if kill -0 "$fleet_pid" 2>/dev/null; then
@@ -52,9 +59,10 @@ rc=0
 for tier in lint unit sanity integration molecule; do
   stamp "make $tier"
   start=$SECONDS
-  if ! make "$tier"; then
+  if ! make "$tier" 2>&1 | tee "$logs/$tier.log"; then
     stamp "make $tier FAILED after $((SECONDS - start)) s"
     rc=1
+    failed_log=$logs/$tier.log
     break
   fi
   stamp "make $tier passed in $((SECONDS - start)) s"
@@ -63,6 +71,7 @@ done
 if ((rc != 0)); then
   stop_fleet
   [[ -f $fleet_log ]] && { stamp "the fleet's log, last lines"; tail -n 60 "$fleet_log"; }
+  failures "$failed_log" "make $tier"
   exit 1
 fi
 
@@ -75,6 +84,7 @@ if [[ -n $fleet_pid ]]; then
   if [[ $fleet_rc != 0 ]]; then
     stamp "the fleet scenario FAILED (rc $fleet_rc); the last 400 lines of $fleet_log:"
     tail -n 400 "$fleet_log"
+    failures "$fleet_log" "the fleet scenario"
     exit 1
   fi
   stamp "fleet scenario passed"
