@@ -208,6 +208,31 @@ def run_json(module, argv, missing_ok=False):
     return json.loads(text) if text else []
 
 
+def list_table(module, nft, family, table):
+    """The table as C(nft -j list table) gives it, but without the table object, and its text
+    listing; (None, None) where there is no such table.
+
+    nft 1.0.6 prints the flags of a table with the owner flag (the keeper's) from freed memory,
+    which can break the JSON of C(list table) and C(list ruleset). So the JSON is read by
+    parts (chains, sets, counters), none of which prints the table object; the text listing,
+    whose flags are right, says whether the table is there and whether it is owned.
+    """
+    rc, text, _err = module.run_command([nft, "list", "table", family, table])
+    if rc != 0:
+        return None, None
+    items = []
+    for kind in ("chain", "set"):
+        listed = run_json(module, [nft, "-j", "list", kind + "s", family])
+        for item in listed.get("nftables", []):
+            obj = item.get(kind)
+            if obj and obj.get("table") == table:
+                one = run_json(module, [nft, "-j", "list", kind, family, table, obj["name"]])
+                items += one.get("nftables", [])
+    counters = run_json(module, [nft, "-j", "list", "counters", "table", family, table])
+    items += counters.get("nftables", [])
+    return {"nftables": [i for i in items if "metainfo" not in i]}, text
+
+
 def read_proc(path):
     try:
         with open(path, encoding="utf-8") as fh:
@@ -370,27 +395,20 @@ def host_checks(module, params):
         fdb = run_json(module, [bridge_bin, "-j", "fdb", "show", "br", bridge])
         violations += iso.check_port_fdb(links, fdb, bridge, params["port_macs"])
 
-    table_json = run_json(module, [nft, "-j", "list", "table", "bridge", table], missing_ok=True)
+    table_json, table_text = list_table(module, nft, "bridge", table)
     nft_violations, counters = iso.check_nft_table(
         table_json, table, [p for p in expected_ports if p in existing]
     )
     violations += nft_violations
-    guard_json = None
+    guard_json, guard_text = None, None
     if params["host_guard"]:
-        guard_json = run_json(module, [nft, "-j", "list", "table", "inet", table], missing_ok=True)
+        guard_json, guard_text = list_table(module, nft, "inet", table)
         violations += iso.check_host_guard(guard_json, table)
 
     owned = {}
     if params["owned"]:
-        # The text listing: nft 1.0.6's JSON prints a table's flags from freed memory.
-        present = {"bridge": table_json, "inet": guard_json if params["host_guard"] else None}
-        for family in ("bridge", "inet"):
-            if present[family] is None:
-                continue
-            rc, out, err = module.run_command([nft, "list", "table", family, table])
-            if rc != 0:
-                module.fail_json(msg=f"nft list table {family} {table}: {err.strip()}")
-            owned[family] = iso.table_is_owned(out)
+        texts = {"bridge": table_text, "inet": guard_text}
+        owned = {family: iso.table_is_owned(text) for family, text in texts.items() if text}
         violations += iso.check_nft_owner(owned, table)
 
     record = None

@@ -397,6 +397,9 @@ def test_site_b_ipv4_guests_on_an_ipv6_host():
     result = fleet.playbook("site.yml", inventory=fleet.SITE_B, log="site-b.log")
     assert result["rc"] == 0, result["failures"]
     figure("site_b_converge_s", result["seconds"])
+    # Site b names its table mv6_site_b: site.yml's audit and native-state check passed
+    # above by that name (they once read mv6_isolation whatever the role was given).
+    assert fleet.ssh("hv4", "nft list table bridge mv6_site_b").returncode == 0
     assert fleet.guest_ping("hv4", "legacy4", "198.51.100.129")
     assert not fleet.guest_ping("hv4", "legacy4", "2001:db8:100::62")
     assert not fleet.guest_ping("hv4", "legacy4", "2001:db8:ff:4::1")

@@ -9,15 +9,27 @@ import subprocess
 TABLE = ("bridge", "mv6_isolation")
 
 
-def table_json(family: str = TABLE[0], name: str = TABLE[1]) -> list[dict]:
+def _nft_json(*args: str) -> list[dict]:
     out = subprocess.run(
-        ["nft", "-j", "list", "table", family, name],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
+        ["nft", "-j", *args], capture_output=True, text=True, check=True, timeout=30
     ).stdout
-    return json.loads(out)["nftables"]
+    return [i for i in json.loads(out)["nftables"] if "metainfo" not in i]
+
+
+def table_json(family: str = TABLE[0], name: str = TABLE[1]) -> list[dict]:
+    """The table's chains, rules, sets and counters, as ``nft -j list table`` lists them but
+    without the table object: nft 1.0.6 prints the flags of a table with the owner flag (the
+    keeper's) from freed memory, which can break that JSON. CalledProcessError where there is
+    no such table."""
+    subprocess.run(
+        ["nft", "list", "table", family, name], capture_output=True, check=True, timeout=30
+    )
+    items = []
+    for kind in ("chain", "set"):
+        for item in _nft_json("list", kind + "s", family):
+            if item.get(kind, {}).get("table") == name:
+                items += _nft_json("list", kind, family, name, item[kind]["name"])
+    return items + _nft_json("list", "counters", "table", family, name)
 
 
 def drop_counters(family: str = TABLE[0], name: str = TABLE[1]) -> dict[str, int]:
