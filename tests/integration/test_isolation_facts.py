@@ -243,6 +243,25 @@ def test_missing_host_guard_is_reported(host, tmp_path):
     assert [(v["check"], v["object"]) for v in found] == [("nft_table", f"inet {TABLE}")]
 
 
+def test_a_host_without_the_guard_passes_the_audit_site_yml_runs(host):
+    """mv6_hypervisor_host_guard: false, then the audit as playbooks/tasks/audit_host.yml
+    runs it (owned, with the role's record): no violation. The keeper drops the guard table
+    of its own; the guard is back for the tests after this one."""
+    off = {**host["extra"], "mv6_hypervisor_host_guard": False}
+    try:
+        result = run_playbook(host["playbook"], off)
+        assert result["rc"] == 0, json.dumps(result)[-3000:]
+        assert sh("nft", "list", "table", "inet", TABLE, check=False).returncode != 0
+        found = ours(audit(host_guard=False, owned=True, nft_record=RECORD))
+        assert found == []
+        again = run_playbook(host["playbook"], off)
+        assert again["rc"] == 0 and changed_tasks(again) == [], changed_tasks(again)
+    finally:
+        back = run_playbook(host["playbook"], host["extra"])
+    assert back["rc"] == 0, json.dumps(back)[-3000:]
+    assert ours(audit(owned=True, nft_record=RECORD)) == []
+
+
 def test_missing_table_is_reported(host, tmp_path):
     """A stopped keeper takes its tables with it."""
     sh(KEEPER, "stop", "--table", TABLE)

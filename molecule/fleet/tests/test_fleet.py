@@ -250,9 +250,11 @@ n0=$(systemctl show -p NRestarts --value $u)
 lv0=$(systemctl show -p MainPID --value libvirtd.service)
 t0=$(date +%s%N)
 systemctl kill -s KILL $u
+ports=$(bridge link show master mv6br0 | grep -c .)
 disabled=0
 while :; do
-  bridge link show master mv6br0 | grep -q 'state disabled' && disabled=1
+  d=$(bridge link show master mv6br0 | grep -c 'state disabled')
+  [ "$d" -gt "$disabled" ] && disabled=$d
   if [ "$(systemctl show -p NRestarts --value $u)" -gt "$n0" ] \
      && [ "$(systemctl is-active $u)" = active ] \
      && nft list table bridge mv6_isolation >/dev/null 2>&1; then break; fi
@@ -261,6 +263,7 @@ while :; do
 done
 echo back_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 echo disabled_seen=$disabled
+echo ports=$ports
 lv1=$(systemctl show -p MainPID --value libvirtd.service)
 echo libvirtd_same=$([ "$lv1" = "$lv0" ] && echo 1 || echo 0)
 echo still_disabled=$(bridge link show master mv6br0 | grep -c 'state disabled')
@@ -279,7 +282,8 @@ def test_a_killed_keeper_is_back_within_a_bound(plan_a):
     back_ms = int(values["back_ms"])
     figure("keeper_killed_back_ms", back_ms)
     assert back_ms < 10000, values  # the bound docs/isolation.md states
-    assert values["disabled_seen"] == "1", values
+    # Every port at once (the keeper's supervisor puts the bridge down), not only one.
+    assert int(values["ports"]) >= 2 and values["disabled_seen"] == values["ports"], values
     assert values["libvirtd_same"] == "1", values
     assert values["still_disabled"] == "0", values
     assert kept_tables("hv1") == before
