@@ -11,7 +11,7 @@ SANITY_ROOT := $(abspath $(SANITY_BASE))/ansible_collections/mv6/transition
 # is stopped after molecule/NAME/timeout seconds (1500 where there is no such file).
 SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
 
-.PHONY: setup test quick lint ruff ansible-lint sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
+.PHONY: setup test quick lint ruff ansible-lint shellcheck sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,11 +22,15 @@ test: setup
 
 quick: lint unit
 
-lint: ruff ansible-lint
+lint: ruff ansible-lint shellcheck
 
 ruff:
 	$(BIN)/ruff check plugins tests bench molecule scripts roles/hypervisor/files
 	$(BIN)/ruff format --check plugins tests bench molecule scripts roles/hypervisor/files
+
+# Every tracked shell script (setup.sh installs shellcheck).
+shellcheck:
+	git ls-files -z -- '*.sh' .ci/run | xargs -0 shellcheck
 
 ansible-lint:
 	$(BIN)/ansible-lint --offline
