@@ -209,28 +209,40 @@ def run_json(module, argv, missing_ok=False):
 
 
 def list_table(module, nft, family, table):
-    """The table as C(nft -j list table) gives it, but without the table object, and its text
-    listing; (None, None) where there is no such table.
+    """What the host checks read of a table (its chains, its counters, and the port set with
+    its elements) as C(nft -j) prints them, and the table's text listing; (None, None) where
+    there is no such table, also when it goes while it is being read.
 
-    nft 1.0.6 prints the flags of a table with the owner flag (the keeper's) from freed memory,
-    which can break the JSON of C(list table) and C(list ruleset). So the JSON is read by
-    parts (chains, sets, counters), none of which prints the table object; the text listing,
-    whose flags are right, says whether the table is there and whether it is owned.
+    nft 1.0.6 prints the flags of a table with the owner flag (the keeper's) from freed
+    memory, which can break the JSON of C(list table) and C(list ruleset). None of the
+    listings used here prints the table object; the text listing, whose flags are right,
+    says whether the table is there and whether it is owned. The chains and sets are listed
+    for the whole family, so no name found in the table is ever passed back to nft.
     """
     rc, text, _err = module.run_command([nft, "list", "table", family, table])
     if rc != 0:
         return None, None
+    parts = [
+        ["list", "chains", family],
+        ["list", "counters", "table", family, table],
+        ["list", "sets", family],
+    ]
+    if family == "bridge":
+        parts.append(["list", "set", family, table, iso.PORT_SET])
     items = []
-    for kind in ("chain", "set"):
-        listed = run_json(module, [nft, "-j", "list", kind + "s", family])
-        for item in listed.get("nftables", []):
-            obj = item.get(kind)
-            if obj and obj.get("table") == table:
-                one = run_json(module, [nft, "-j", "list", kind, family, table, obj["name"]])
-                items += one.get("nftables", [])
-    counters = run_json(module, [nft, "-j", "list", "counters", "table", family, table])
-    items += counters.get("nftables", [])
-    return {"nftables": [i for i in items if "metainfo" not in i]}, text
+    for part in parts:
+        listed = run_json(module, [nft, "-j", *part], missing_ok=True)
+        if listed is None and part[1] != "set":
+            return None, None  # the table went meanwhile
+        for item in (listed or {}).get("nftables", []):
+            kind = next(iter(item), None)
+            if kind == "metainfo" or item[kind].get("table") != table:
+                continue
+            # The port set comes from its own listing, the only one with its elements.
+            if part[1] == "sets" and family == "bridge" and item[kind]["name"] == iso.PORT_SET:
+                continue
+            items.append(item)
+    return {"nftables": items}, text
 
 
 def read_proc(path):
