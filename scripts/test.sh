@@ -21,10 +21,12 @@ fleet_pid=""
 stamp() { printf '=== %s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # CI keeps only the end of what a run prints: a failed tier ends with the lines that name its
-# failed tests and their assertions, picked from its log.
+# failed tests and their assertions, picked from its log. Molecule colours its output and
+# draws a box rule ("  │ ") before every line of a step: both go before the match.
 failures() { # LOG TITLE
   stamp "$2: the failed tests and their errors"
-  grep -a -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: |FAILED! =>' "$1" | cut -c1-600 | head -n 80 || true
+  sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ //' "$1" \
+    | grep -a -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: |FAILED! =>' | cut -c1-600 | head -n 80 || true
 }
 
 stop_fleet() { # the fleet's run is still going: stop it and take the fleet down
