@@ -67,7 +67,7 @@ def host_segment(host: str, site: str, shared: bool) -> int:
 def router_addresses(plan: dict, site: str) -> dict[str, set[str]]:
     """{router interface: {address/len}} for a plan."""
     wanted: dict[str, set[str]] = {}
-    shared = plan.get("layout") == "shared"
+    shared = plan["site"]["layout"] == "shared"
     for host, entry in sorted(plan.get("hosts", {}).items()):
         if entry.get("released"):
             continue
@@ -79,9 +79,10 @@ def router_addresses(plan: dict, site: str) -> dict[str, set[str]]:
 
 
 def router(plan_file: str, site: str, ns: str) -> None:
-    import yaml
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "shared"))
+    from mv6mol import planfile
 
-    plan = yaml.safe_load(Path(plan_file).read_text())
+    plan = planfile.read(plan_file)
     wanted = router_addresses(plan, site)
     router_down(ns)
     run_dir = STATE / "router"

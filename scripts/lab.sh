@@ -312,7 +312,7 @@ up() {
   echo "site.yml ($inv): $(($(date +%s) - t0)) s, exit $rc" | tee -a "$state/times.log"
 
   say "plan ($plan_file)"
-  cat "$plan_file" 2>/dev/null || echo "(no plan file)"
+  cat "$plan_file" "${plan_file%.yml}.d"/*.json 2>/dev/null || echo "(no plan file)"
 
   say "audit (playbooks/verify.yml)"
   ansible-playbook "$top/playbooks/verify.yml" -i "$inventory" -e "$(extra_vars)" \
@@ -356,7 +356,7 @@ recheck() {
   say "site.yml --check (must report changed=0 and change nothing)"
   native_state record recheck-before >/dev/null
   virsh -q -c qemu:///system list --all >"$run_dir/domains-before.txt"
-  sha256sum "$plan_file" >"$run_dir/plan.sha256"
+  sha256sum "$plan_file" "${plan_file%.yml}.d"/*.json >"$run_dir/plan.sha256"
   rc=0
   t0=$(date +%s)
   ansible-playbook "$top/playbooks/site.yml" -i "$inventory" -e "$(extra_vars)" --check \

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def _family(addr: str) -> int:
@@ -124,11 +125,16 @@ def count(log: str) -> None:
     print(len(lines), failed)
 
 
-def guests(plan_file: str, host: str) -> None:
-    import yaml  # the venv has it (ansible-core depends on it)
+def _read_plan(plan_file: str) -> dict:
+    """The plan, read by the collection's own reader (a site file and one file per host)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "shared"))
+    from mv6mol import planfile
 
-    with open(plan_file, encoding="utf-8") as handle:
-        plan = yaml.safe_load(handle)
+    return planfile.read(plan_file)
+
+
+def guests(plan_file: str, host: str) -> None:
+    plan = _read_plan(plan_file)
     for name, guest in sorted(plan["hosts"][host]["guests"].items()):
         if guest.get("released"):
             continue

@@ -130,18 +130,24 @@ class ActionModule(ActionBase):
         result.update(changed=changed, plan=plan, plan_file=plan_file)
         result["ansible_facts"] = {"mv6_plan": plan}
         if self._task.diff and changed:
-            result["diff"] = {
-                "before": before or "",
-                "after": after,
-                "before_header": plan_file,
-                "after_header": plan_file,
-            }
+            # One diff per file that changes: at fleet scale the host added, not the fleet.
+            directory = _plan.hosts_dir(plan_file)
+            result["diff"] = [
+                {
+                    "before": before.get(name, ""),
+                    "after": after.get(name, ""),
+                    "before_header": os.path.join(directory, name) if name else plan_file,
+                    "after_header": os.path.join(directory, name) if name else plan_file,
+                }
+                for name in sorted(set(before) | set(after))
+                if before.get(name) != after.get(name)
+            ]
         return result
 
     def _read_build_write(self, site, guests_by_host, native_by_host, plan_file, args):
-        """Read the plan file, build the plan, write it when it changed (not in check mode)."""
-        before = _plan.read_plan_file(plan_file)
-        previous = None if before is None else _plan.parse_plan_text(before, plan_file)
+        """Read the plan, build it, write the files that changed (not in check mode). A
+        version 1 plan file is migrated in place (a copy stays as PLAN_FILE.v1)."""
+        previous, before = _plan.read_plan(plan_file)
         plan = _plan.build_plan(
             site["mv6_native_family"][1],
             site["mv6_parallel"][1],
@@ -152,9 +158,10 @@ class ActionModule(ActionBase):
             native_by_host=native_by_host,
             inventory_hosts=self._inventory_hosts,
         )
-        after = _plan.dump_plan(plan)
+        after = _plan.dump_plan(plan, plan_file)
         if after != before and not self._task.check_mode:
-            _plan.write_plan_file(plan_file, after)
+            migrating = previous is not None and previous.get("version") != plan["version"]
+            _plan.write_plan(plan_file, before, after, keep_v1=migrating)
         return before, after, plan
 
     @staticmethod

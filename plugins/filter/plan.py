@@ -12,6 +12,13 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.mv6.transition.plugins.module_utils import _plan
 
 
+def plan_site(plan):
+    try:
+        return _plan.site_block(plan)
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
 def host_plan(plan, host):
     try:
         return _plan.host_entry(plan, host)
@@ -50,6 +57,7 @@ def guest_mac(parallel, host_slot, guest_slot):
 class FilterModule:
     def filters(self):
         return {
+            "plan_site": plan_site,
             "host_plan": host_plan,
             "guest_plan": guest_plan,
             "parallel_subnet": parallel_subnet,

@@ -27,9 +27,19 @@ INTERFACE_NAME_RULE = (
 )
 
 
+# An nftables table name: an identifier nft(8) parses without quoting, short enough that the
+# unit, helper and file names made from it stay within their limits.
+NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+NFT_NAME_RULE = "1 to 32 letters, digits or '_', starting with a letter"
+
+
 def is_guest_name(value: object) -> bool:
     return isinstance(value, str) and GUEST_NAME.fullmatch(value) is not None
 
 
 def is_interface_name(value: object) -> bool:
     return isinstance(value, str) and INTERFACE_NAME.fullmatch(value) is not None
+
+
+def is_nft_name(value: object) -> bool:
+    return isinstance(value, str) and NFT_NAME.fullmatch(value) is not None

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import json
 import os
 import re
 import socket
 import tempfile
 import time
+import urllib.parse
 from operator import itemgetter
 
 from ansible_collections.mv6.transition.plugins.module_utils import _names
@@ -36,11 +38,13 @@ try:
 except ImportError:  # pragma: no cover - ansible-core always ships PyYAML
     yaml = None
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 PLAN_HEADER = (
-    "# mv6.transition address plan, written by mv6.transition.address_plan.\n"
-    "# Slots never move: a removed host or guest stays here, released, until pruned on purpose.\n"
+    "# mv6.transition address plan (version 2), written by mv6.transition.address_plan.\n"
+    "# The site block is here; each host's guests are in {hosts_dir}/HOST.json.\n"
+    "# Slots never move: a removed host or guest stays, released, until pruned on purpose.\n"
 )
+HOST_HEADER_KEY = "mv6_plan_host"
 
 FAMILIES = ("ipv4", "ipv6")
 LAYOUTS = ("per_host", "shared")
@@ -48,7 +52,19 @@ ADDRESS_MODES = ("eui64", "sequential")
 PERSISTENCE = ("persistent", "non_persistent")
 STATES = ("running", "stopped", "absent")
 PARALLEL_KEYS = frozenset(
-    ("prefix", "layout", "host_prefixlen", "address_mode", "bridge", "uplink", "gateway", "dns")
+    (
+        "prefix",
+        "layout",
+        "host_prefixlen",
+        "address_mode",
+        "bridge",
+        "uplink",
+        "gateway",
+        "dns",
+        "nft_table",
+        "host_guard",
+        "dhcp4_pool_size",
+    )
 )
 GUEST_KEYS = frozenset(
     (
@@ -66,6 +82,25 @@ GUEST_KEYS = frozenset(
 # Inclusive integer ranges of the guest sizing keys.
 GUEST_INT_RANGES = {"vcpus": (1, 256), "memory_mib": (32, 4194304), "disk_gib": (1, 65536)}
 DEFAULT_BRIDGE = "mv6br0"
+DEFAULT_NFT_TABLE = "mv6_isolation"
+TAP_PREFIX = "mv6p"
+# The site block's keys that name what MV6 creates on every host: changing one would leave
+# the old one behind on every adopted host, so a plan keeps them (teardown first to rename).
+SITE_NAMES = ("bridge", "nft_table", "tap_prefix")
+# The allocation keys: changing one would move every allocation.
+SITE_ALLOCATION = (
+    "native_family",
+    "parallel_family",
+    "prefix",
+    "layout",
+    "host_prefixlen",
+    "address_mode",
+)
+# The DHCPv4 pool of an IPv4 subnet (served by its router guest) is the top of the subnet,
+# below the broadcast address: by default a quarter of the subnet, at most 64 addresses, none
+# in a subnet smaller than 16. The allocator never gives a guest an address in it.
+DHCP4_POOL_MAX = 64
+DHCP4_POOL_MIN_SUBNET = 16
 
 # Every planned MAC is 02:6d:xx:xx:xx:xx. 0x02 = locally administered, unicast; 0x6d ("m")
 # marks MV6. per_host: host slot in bytes 3-4, guest slot in bytes 5-6. shared: the fleet-wide
@@ -151,31 +186,53 @@ class Site:
         "address_mode",
         "bits",
         "bridge",
+        "dhcp4_pool_size",
         "dns",
         "family",
         "gateway",
+        "host_guard",
         "host_prefixlen",
         "host_size",
         "layout",
         "max_guest_slot",
         "max_host_slot",
         "native_family",
+        "nft_table",
         "prefix",
         "prefix_text",
         "prefixlen",
         "uplink",
     )
 
-    def to_plan_header(self) -> dict:
+    def to_site_block(self) -> dict:
+        """The plan's site block: every name the pieces share, and what MV6 owns on a host."""
+        owned_ifaces = [self.bridge, TAP_PREFIX + "*"]
         return {
-            "version": PLAN_VERSION,
             "native_family": self.native_family,
             "parallel_family": self.family,
             "prefix": self.prefix_text,
             "layout": self.layout,
             "host_prefixlen": self.host_prefixlen,
             "address_mode": self.address_mode,
+            "bridge": self.bridge,
+            "uplink": self.uplink,
+            "tap_prefix": TAP_PREFIX,
+            "nft_table": self.nft_table,
+            "host_guard": self.host_guard,
+            "dns": list(self.dns),
+            "owned": {
+                # Created by MV6 (the bridge, the taps) or taken by it (the uplink, L2 only).
+                "interfaces": owned_ifaces + ([self.uplink] if self.uplink else []),
+                "nft_tables": [f"bridge {self.nft_table}", f"inet {self.nft_table}"],
+            },
         }
+
+    def default_pool(self, base: int) -> tuple[int, int] | None:
+        """(first, last) of the DHCPv4 pool a new IPv4 subnet at base gets, or None."""
+        if self.family != "ipv4" or not self.dhcp4_pool_size:
+            return None
+        last = base + self.host_size - 2
+        return last - self.dhcp4_pool_size + 1, last
 
     def subnet_base(self, host_slot: int) -> int:
         if self.layout == "shared":
@@ -356,8 +413,47 @@ def parse_site(native_family: object, parallel: object) -> Site:
         site.max_host_slot = min(1 << (hpl - net.prefixlen), MAC_PER_HOST_SLOTS) - 1
 
     site.bridge = _parse_ifname("mv6_parallel.bridge", parallel.get("bridge", DEFAULT_BRIDGE))
+    if site.bridge.startswith(TAP_PREFIX):
+        raise ValueError(
+            f"mv6_parallel.bridge: {site.bridge} starts with {TAP_PREFIX}, the prefix of the "
+            f"guests' taps; choose another name"
+        )
     uplink = parallel.get("uplink")
     site.uplink = None if uplink is None else _parse_ifname("mv6_parallel.uplink", uplink)
+    if site.uplink is not None and (
+        site.uplink == site.bridge or site.uplink.startswith(TAP_PREFIX)
+    ):
+        raise ValueError(
+            f"mv6_parallel.uplink: {site.uplink} is the bridge or a guest tap's name; the "
+            f"uplink is a NIC or VLAN of the host"
+        )
+    table = parallel.get("nft_table", DEFAULT_NFT_TABLE)
+    if not _names.is_nft_name(table):
+        raise ValueError(
+            f"mv6_parallel.nft_table: must be an nftables table name ({_names.NFT_NAME_RULE}), "
+            f"got {table!r}"
+        )
+    site.nft_table = table
+    guard = parallel.get("host_guard", True)
+    if guard is not True and guard is not False:
+        raise ValueError(f"mv6_parallel.host_guard: must be true or false, got {guard!r}")
+    site.host_guard = guard
+    pool_default = 0
+    if family == "ipv4" and site.host_size >= DHCP4_POOL_MIN_SUBNET:
+        pool_default = min(site.host_size // 4, DHCP4_POOL_MAX)
+    pool = parallel.get("dhcp4_pool_size", pool_default)
+    room = site.host_size - 4  # network, gateway, one guest, broadcast
+    if family != "ipv4" and "dhcp4_pool_size" in parallel and pool:
+        raise ValueError(
+            f"mv6_parallel.dhcp4_pool_size: the parallel network is {family}; a DHCPv4 pool "
+            f"needs an ipv4 prefix (leave it out or set 0)"
+        )
+    if not _is_int(pool) or not 0 <= pool <= max(room, 0):
+        raise ValueError(
+            f"mv6_parallel.dhcp4_pool_size: must be an integer from 0 to {max(room, 0)} (a "
+            f"/{hpl} leaves room for one guest beside it), got {pool!r}"
+        )
+    site.dhcp4_pool_size = pool
 
     gateway = parallel.get("gateway")
     site.gateway = None
@@ -579,6 +675,20 @@ def _native_overlaps(site: Site, host: str, native: dict) -> None:
 
 
 _HOST_KEYS = {"slot": int, "released": bool, "subnet": str, "dns": list, "guests": dict}
+_SITE_KEYS = {
+    "native_family": str,
+    "parallel_family": str,
+    "prefix": str,
+    "layout": str,
+    "host_prefixlen": int,
+    "address_mode": str,
+    "bridge": str,
+    "tap_prefix": str,
+    "nft_table": str,
+    "host_guard": bool,
+    "dns": list,
+    "owned": dict,
+}
 _GUEST_ENTRY_KEYS = {
     "slot": int,
     "released": bool,
@@ -591,28 +701,54 @@ _GUEST_ENTRY_KEYS = {
 
 
 def check_plan(plan: object) -> dict:
-    """Check the shape of a plan read from the plan file; ValueError says what is wrong."""
+    """Check the shape of a plan (version 2, or a version 1 plan file's content, which
+    build_plan() migrates); ValueError says what is wrong."""
     if not isinstance(plan, dict):
         raise ValueError(f"the plan is a {_type_name(plan)}, not a mapping")
-    if plan.get("version") != PLAN_VERSION:
-        raise ValueError(f"version is {plan.get('version')!r}, expected {PLAN_VERSION}")
+    version = plan.get("version")
+    if version == 1:
+        header = plan
+    elif version == PLAN_VERSION:
+        header = plan.get("site")
+        if not isinstance(header, dict):
+            raise ValueError("site is missing or not a mapping")
+        for key, kind in _SITE_KEYS.items():
+            if not _is_a(header.get(key), kind):
+                raise ValueError(f"site.{key} is missing or not a {kind.__name__}")
+        if header.get("uplink") is not None and not isinstance(header["uplink"], str):
+            raise ValueError("site.uplink is not a string or null")
+    else:
+        raise ValueError(f"version is {version!r}, expected 1 or {PLAN_VERSION}")
     for key in ("native_family", "parallel_family", "prefix", "layout", "address_mode"):
-        if not isinstance(plan.get(key), str):
+        if not isinstance(header.get(key), str):
             raise ValueError(f"{key} is missing or not a string")
-    if not _is_int(plan.get("host_prefixlen")):
+    if not _is_int(header.get("host_prefixlen")):
         raise ValueError("host_prefixlen is missing or not an integer")
     hosts = plan.get("hosts")
     if not isinstance(hosts, dict):
         raise ValueError("hosts is missing or not a mapping")
     host_slots: dict[int, str] = {}
     fleet_slots: dict[int, str] = {}
-    shared = plan["layout"] == "shared"
+    shared = header["layout"] == "shared"
     for host, entry in hosts.items():
         if not isinstance(entry, dict):
             raise ValueError(f"hosts.{host} is not a mapping")
         for key, kind in _HOST_KEYS.items():
             if not _is_a(entry.get(key), kind):
                 raise ValueError(f"hosts.{host}.{key} is missing or not a {kind.__name__}")
+        if version == PLAN_VERSION:
+            router = entry.get("router", False)
+            if router is not None and not isinstance(router, str):
+                raise ValueError(f"hosts.{host}.router is missing or not a string or null")
+            pool = entry.get("dhcp4_pool", False)
+            if pool is not None and not (
+                isinstance(pool, dict)
+                and isinstance(pool.get("first"), str)
+                and isinstance(pool.get("last"), str)
+            ):
+                raise ValueError(
+                    f"hosts.{host}.dhcp4_pool is missing or not null or a first/last mapping"
+                )
         hslot = entry["slot"]
         if hslot in host_slots:
             raise ValueError(f"hosts {host_slots[hslot]} and {host} share slot {hslot}")
@@ -641,23 +777,84 @@ def check_plan(plan: object) -> dict:
     return plan
 
 
+_SITE_VARIABLE = {
+    "native_family": "mv6_native_family",
+    "parallel_family": "mv6_parallel.prefix",
+    "prefix": "mv6_parallel.prefix",
+    "layout": "mv6_parallel.layout",
+    "host_prefixlen": "mv6_parallel.host_prefixlen",
+    "address_mode": "mv6_parallel.address_mode",
+    "bridge": "mv6_parallel.bridge",
+    "nft_table": "mv6_parallel.nft_table",
+    "tap_prefix": "the tap prefix",
+}
+
+
 def _check_same_site(site: Site, previous: dict) -> None:
-    header = site.to_plan_header()
-    names = {
-        "native_family": "mv6_native_family",
-        "parallel_family": "mv6_parallel.prefix",
-        "prefix": "mv6_parallel.prefix",
-        "layout": "mv6_parallel.layout",
-        "host_prefixlen": "mv6_parallel.host_prefixlen",
-        "address_mode": "mv6_parallel.address_mode",
-    }
-    for key, variable in names.items():
-        if previous.get(key) != header[key]:
+    block = site.to_site_block()
+    v1 = previous.get("version") == 1
+    old = previous if v1 else previous["site"]
+    for key in SITE_ALLOCATION:
+        if old.get(key) != block[key]:
             raise ValueError(
-                f"{variable}: is {header[key]}, but the plan file was made with "
-                f"{previous.get(key)}; changing it would move every allocation. Move the plan "
+                f"{_SITE_VARIABLE[key]}: is {block[key]}, but the plan file was made with "
+                f"{old.get(key)}; changing it would move every allocation. Move the plan "
                 f"file away to renumber on purpose"
             )
+    if v1:
+        return  # a version 1 plan names none of them: the inventory's names are taken
+    for key in SITE_NAMES:
+        if old.get(key) != block[key]:
+            raise ValueError(
+                f"{_SITE_VARIABLE[key]}: is {block[key]}, but the plan names it {old.get(key)} "
+                f"and every adopted host has one of that name; run teardown.yml first to "
+                f"rename it (changing it here would leave the old one behind)"
+            )
+
+
+def _highest_address(family: str, guests: dict) -> int:
+    return max((_pton(family, g["address"]) for g in guests.values()), default=-1)
+
+
+def _pool_above(site: Site, base: int, highest: int) -> tuple[int, int] | None:
+    """The default pool of the subnet at base, started above highest (an address in use)."""
+    pool = site.default_pool(base)
+    if pool is None:
+        return None
+    first, last = max(pool[0], highest + 1), pool[1]
+    return (first, last) if first <= last else None
+
+
+def _pool_entry(site: Site, pool: tuple[int, int] | None) -> dict | None:
+    if pool is None:
+        return None
+    return {"first": _text(site.family, pool[0]), "last": _text(site.family, pool[1])}
+
+
+def _upgrade_v1(site: Site, previous: dict) -> dict:
+    """A version 1 plan's hosts as version 2 entries: no slot, address or MAC moves. Each
+    gains its router guest and, for an IPv4 subnet, a DHCPv4 pool above every address it
+    has handed out (smaller than the default, or none, when the subnet is that full)."""
+    hosts = previous["hosts"]
+    family = site.family
+    fleet_pool = None
+    if site.layout == "shared":
+        highest = max((_highest_address(family, e["guests"]) for e in hosts.values()), default=-1)
+        if site.gateway is not None:
+            highest = max(highest, site.gateway)
+        fleet_pool = _pool_entry(site, _pool_above(site, site.prefix, highest))
+    out = {}
+    for h, entry in hosts.items():
+        routers = sorted(n for n, g in entry["guests"].items() if g["router"] and not g["released"])
+        if site.layout == "shared":
+            pool = fleet_pool
+        else:
+            base = site.subnet_base(entry["slot"])
+            pool = _pool_entry(
+                site, _pool_above(site, base, _highest_address(family, entry["guests"]))
+            )
+        out[h] = {**entry, "router": routers[0] if routers else None, "dhcp4_pool": pool}
+    return out
 
 
 def _lowest_free(used, start: int) -> int:
@@ -767,6 +964,8 @@ def _build_plan(
     if previous is not None:
         _check_same_site(site, previous)
         prev_hosts = previous["hosts"]
+        if previous.get("version") == 1:
+            prev_hosts = _upgrade_v1(site, previous)
     for h in sorted(release):
         if h not in prev_hosts and h not in guests_by_host:
             raise ValueError(f"release_hosts: {h} is neither in the plan nor in the play")
@@ -837,6 +1036,7 @@ def _build_plan(
         if site.gateway is not None:
             fleet_reserved.add(site.gateway)
 
+    pools = _pools(site, in_play, host_slot, prev_hosts)
     explicit: dict[str, dict[str, tuple[int, int]]] = {}
     for h in in_play:
         base = site.subnet_base(host_slot[h])
@@ -845,10 +1045,18 @@ def _build_plan(
         if not hg.explicit:
             explicit[h] = {}
             continue
+        pool = pools[h]
         for gname, (raw, index) in sorted(hg.explicit.items(), key=lambda kv: kv[1][1]):
             name = f"mv6_guests[{index}].address on host {h}"
             a = _parse_address(name, raw, family)
             _check_in_subnet(name, a, site, base, family)
+            kept = prev_guests_of(prev_hosts, h).get(gname, {}).get("address")
+            if pool is not None and pool[0] <= a <= pool[1] and kept != _text(family, a):
+                raise ValueError(
+                    f"{name}: {raw} is inside the DHCPv4 pool {_text(family, pool[0])} - "
+                    f"{_text(family, pool[1])} of {site.subnet_text(host_slot[h])} that the "
+                    f"router guest hands out (mv6_parallel.dhcp4_pool_size)"
+                )
             gateway_slot = site.address_mode == "sequential" and site.gateway is None
             if gateway_slot and a == base + GATEWAY_OFFSET and gname not in hg.routers:
                 raise ValueError(
@@ -869,6 +1077,9 @@ def _build_plan(
         guests = parsed[h]
         mine = explicit[h]
         base = site.subnet_base(hslot)
+        top = site.max_guest_slot
+        if pools[h] is not None:
+            top = min(top, pools[h][0] - base - FIRST_GUEST_OFFSET - 1)
         if shared:
             reserved = fleet_reserved
             used = fleet_used
@@ -888,13 +1099,12 @@ def _build_plan(
         if not used and not reserved:
             # Nothing to step around (a fresh plan): slots are consecutive.
             slots = list(range(nxt, nxt + len(guests.names)))
-            if slots and slots[-1] > site.max_guest_slot:
-                _guests_exhausted(site, h, slots[-1] + 1)
+            if slots and slots[-1] > top:
+                _guests_exhausted(site, h, slots[-1] + 1, top)
             nxt += len(slots)
         else:
             slots = []
             routers = guests.routers
-            top = site.max_guest_slot
             for gname in guests.names:
                 pg = prev_guests.get(gname)
                 if pg is not None:
@@ -911,7 +1121,7 @@ def _build_plan(
                     ):
                         c += 1
                 if c > top:
-                    _guests_exhausted(site, h, len(used) + 1)
+                    _guests_exhausted(site, h, len(used) + 1, top)
                 slots.append(c)
                 used.add(c)
         if shared:
@@ -927,6 +1137,8 @@ def _build_plan(
             "subnet": site.subnet_text(hslot),
             "gateway": None,
             "dns": list(site.dns),
+            "router": None,
+            "dhcp4_pool": _pool_entry(site, pools[h]),
             "guests": entries,
         }
 
@@ -944,9 +1156,12 @@ def _build_plan(
         entry = hosts_out[h]
         if shared:
             entry["gateway"] = gateway_text
+            if routers and routers[0].split("/", 1)[0] == h:
+                entry["router"] = routers[0].split("/", 1)[1]
         elif h not in release:
             for name in sorted(parsed[h].routers - parsed[h].released):
                 entry["gateway"] = entry["guests"][name]["address"]
+                entry["router"] = name
 
     for h, entry in prev_hosts.items():
         if h in hosts_out:
@@ -965,9 +1180,37 @@ def _build_plan(
             for h, e in hosts_out.items()
             if not e["released"]
         }
-    plan = site.to_plan_header()
-    plan["hosts"] = hosts_out
-    return plan
+    return {"version": PLAN_VERSION, "site": site.to_site_block(), "hosts": hosts_out}
+
+
+def prev_guests_of(prev_hosts: dict, host: str) -> dict:
+    entry = prev_hosts.get(host)
+    return entry["guests"] if entry is not None else {}
+
+
+def _parse_pool(site: Site, pool: dict | None) -> tuple[int, int] | None:
+    if pool is None:
+        return None
+    return _pton(site.family, pool["first"]), _pton(site.family, pool["last"])
+
+
+def _pools(site: Site, in_play: list, host_slot: dict, prev_hosts: dict) -> dict:
+    """host -> the DHCPv4 pool (first, last) of its subnet, or None: kept from the plan, else
+    the default one. The allocator hands out no address in it."""
+    if site.family != "ipv4":
+        return dict.fromkeys(in_play)
+    if site.layout == "shared":
+        known = [e["dhcp4_pool"] for e in prev_hosts.values()]
+        pool = _parse_pool(site, known[0]) if known else site.default_pool(site.prefix)
+        return dict.fromkeys(in_play, pool)
+    out = {}
+    for h in in_play:
+        prev = prev_hosts.get(h)
+        if prev is not None:
+            out[h] = _parse_pool(site, prev["dhcp4_pool"])
+        else:
+            out[h] = site.default_pool(site.subnet_base(host_slot[h]))
+    return out
 
 
 _BASES: dict[tuple[bool, int], list[dict]] = {}
@@ -1105,20 +1348,32 @@ def _hosts_exhausted(site: Site, needed: int) -> None:
     )
 
 
-def _guests_exhausted(site: Site, host: str, needed: int) -> None:
-    room = site.max_guest_slot + 1
+def _guests_exhausted(site: Site, host: str, needed: int, top: int) -> None:
+    room = top + 1
+    beside = ""
+    if top < site.max_guest_slot:
+        beside = " beside its DHCPv4 pool (mv6_parallel.dhcp4_pool_size)"
     if site.layout == "shared":
         raise ValueError(
             f"mv6_parallel.prefix: pool exhausted: {site.prefix_text} holds {room} guest "
-            f"addresses, the plan needs {needed}"
+            f"addresses{beside}, the plan needs {needed}"
         )
     raise ValueError(
         f"mv6_guests on host {host}: {needed} guests do not fit: a /{site.host_prefixlen} "
-        f"(mv6_parallel.host_prefixlen) holds {room} guest addresses"
+        f"(mv6_parallel.host_prefixlen) holds {room} guest addresses{beside}"
     )
 
 
 # One-off lookups for the filters.
+
+
+def site_block(plan: object) -> dict:
+    if not isinstance(plan, dict) or not isinstance(plan.get("site"), dict):
+        raise ValueError(
+            "mv6_plan: has no site block; it must be a version 2 plan from "
+            "mv6.transition.address_plan (or the mv6.transition.plan lookup)"
+        )
+    return plan["site"]
 
 
 def host_entry(plan: object, host: object) -> dict:
@@ -1166,41 +1421,184 @@ def guest_address(
 
 
 # The plan file.
+#
+# Version 2 is a site file (YAML: the version, the site block and an index of the hosts with
+# their slots) and, in a directory beside it, one JSON file per host with its entry and one
+# guest per line. docs/planner.md says why: a round trip of 10,000 hosts x 64 guests stays
+# within seconds, one host's entries are read without parsing the fleet, and a person reads
+# either with less(1). The host files are written first and the site file last, each
+# replaced atomically, so a run killed half way leaves a plan that is one of the two.
 
 
-def dump_plan(plan: dict) -> str:
-    """The plan file's text: sorted keys and a fixed header, so same plan, same bytes."""
+def hosts_dir(path: str) -> str:
+    """The directory of the host files of the plan file at path: mv6_plan.yml -> mv6_plan.d."""
+    stem, ext = os.path.splitext(path)
+    return (stem if ext in (".yml", ".yaml") else path) + ".d"
+
+
+def host_file(host: str) -> str:
+    """A host's file name in hosts_dir(): the host name, quoted so that it is one name."""
+    return urllib.parse.quote(host, safe="") + ".json"
+
+
+_GUEST_JSON = json.JSONEncoder(sort_keys=True, separators=(", ", ": "), ensure_ascii=True).encode
+
+
+def _host_text(host: str, entry: dict) -> str:
+    lines = ["{", f' "{HOST_HEADER_KEY}": {json.dumps(host, ensure_ascii=True)},']
+    for key in sorted(entry):
+        if key != "guests":
+            lines.append(f" {json.dumps(key)}: {_GUEST_JSON(entry[key])},")
+    guests = entry["guests"]
+    if not guests:
+        lines.append(' "guests": {}')
+    else:
+        lines.append(' "guests": {')
+        names = sorted(guests)
+        last = names[-1]
+        for name in names:
+            comma = "" if name == last else ","
+            lines.append(
+                f"  {json.dumps(name, ensure_ascii=True)}: {_GUEST_JSON(guests[name])}{comma}"
+            )
+        lines.append(" }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def dump_plan(plan: dict, path: str = "mv6_plan.yml") -> dict:
+    """The plan's files as {name: text}: "" is the site file, the rest are host files of
+    hosts_dir(path). Sorted keys and fixed layouts: same plan, same bytes."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    index = {h: e["slot"] for h, e in plan["hosts"].items()}
     body = yaml.dump(
-        plan,
+        {"version": plan["version"], "site": plan["site"], "hosts": index},
         Dumper=dumper,
         sort_keys=True,
         default_flow_style=False,
         allow_unicode=False,
         width=1000,
     )
-    return PLAN_HEADER + body
+    header = PLAN_HEADER.format(hosts_dir=os.path.basename(hosts_dir(path)))
+    files = {"": header + body}
+    for h, entry in plan["hosts"].items():
+        files[host_file(h)] = _host_text(h, entry)
+    return files
 
 
-def parse_plan_text(text: str, path: str) -> dict | None:
-    """The plan in a plan file's text (None for an empty file); ValueError if corrupt."""
+def _corrupt(path: str, reason: str) -> ValueError:
+    return ValueError(
+        f"mv6_plan_file: {path} is corrupt ({reason}); it was kept unchanged, fix it or move "
+        f"it away"
+    )
+
+
+def _load_yaml(text: str, path: str):
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(text, Loader=loader)
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as e:
         reason = " ".join(str(e).split())
-        raise ValueError(
-            f"mv6_plan_file: {path} is corrupt (not YAML: {reason}); it was kept unchanged, "
-            f"fix it or move it away"
-        ) from None
-    if data is None:
-        return None
+        raise _corrupt(path, f"not YAML: {reason}") from None
+
+
+def _read_host(path: str, host: str, slot: object) -> tuple[dict, str]:
+    name = os.path.join(hosts_dir(path), host_file(host))
+    text = read_plan_file(name)
+    if text is None:
+        raise _corrupt(path, f"host {host} is in its index but {name} is missing")
     try:
-        return check_plan(data)
+        entry = json.loads(text)
     except ValueError as e:
-        raise ValueError(
-            f"mv6_plan_file: {path} is corrupt ({e}); it was kept unchanged, fix it or move it away"
-        ) from None
+        raise _corrupt(name, f"not JSON: {e}") from None
+    if not isinstance(entry, dict) or entry.pop(HOST_HEADER_KEY, None) != host:
+        raise _corrupt(name, f"it is not the entry of host {host}")
+    if entry.get("slot") != slot:
+        raise _corrupt(name, f"its slot is {entry.get('slot')!r}, the index says {slot!r}")
+    return entry, text
+
+
+def read_plan(path: str) -> tuple[dict | None, dict]:
+    """(the plan, {name: text} of its files) of the plan file at path; (None, {}) when there
+    is none. A version 1 file is returned as it is (build_plan() and upgrade_plan() migrate
+    it). ValueError when anything is corrupt; nothing is changed."""
+    text = read_plan_file(path)
+    if text is None:
+        return None, {}
+    data = _load_yaml(text, path)
+    if data is None:
+        return None, {"": text}
+    files = {"": text}
+    if isinstance(data, dict) and data.get("version") == PLAN_VERSION:
+        index = data.get("hosts")
+        if not isinstance(index, dict):
+            raise _corrupt(path, "hosts is missing or not a mapping of host to slot")
+        hosts = {}
+        for host, slot in index.items():
+            hosts[host], files[host_file(str(host))] = _read_host(path, str(host), slot)
+        data = {**data, "hosts": hosts}
+    try:
+        return check_plan(data), files
+    except ValueError as e:
+        raise _corrupt(path, str(e)) from None
+
+
+def read_host_entry(path: str, host: str) -> dict | None:
+    """One host's entry, read from its own file: nothing else of the fleet is parsed. None
+    when the plan does not list the host."""
+    text = read_plan_file(path)
+    if text is None:
+        return None
+    data = _load_yaml(text, path)
+    if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+        raise _corrupt(path, "not a version 2 plan; run the planner once to migrate it")
+    index = data.get("hosts") or {}
+    if host not in index:
+        return None
+    entry = _read_host(path, host, index[host])[0]
+    check_plan({"version": PLAN_VERSION, "site": data.get("site"), "hosts": {host: entry}})
+    return entry
+
+
+def upgrade_plan(plan: dict, native_family: object, parallel: object) -> dict:
+    """A plan read from a file, as version 2 (a version 1 one migrated in memory, with the
+    inventory's site; no allocation moves). The planner writes the migration."""
+    if plan.get("version") == PLAN_VERSION:
+        return plan
+    site = parse_site(native_family, parallel)
+    _check_same_site(site, plan)
+    return {"version": PLAN_VERSION, "site": site.to_site_block(), "hosts": _upgrade_v1(site, plan)}
+
+
+def write_plan(path: str, before: dict, after: dict, keep_v1: bool = False) -> list:
+    """Write the files of after that differ from before (host files first, the site file
+    last), remove the host files of hosts the plan no longer has, keep a copy of a version
+    1 file as PATH.v1. Returns the names written or removed."""
+    directory = hosts_dir(path)
+    done = []
+    changed = [n for n in sorted(after) if n and after[n] != before.get(n)]
+    if changed:
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"mv6_plan_file: cannot create {directory} ({e.strerror})") from None
+    for name in changed:
+        write_plan_file(os.path.join(directory, name), after[name])
+        done.append(os.path.join(directory, name))
+    if after[""] != before.get(""):
+        old = before.get("")
+        if keep_v1 and old is not None:
+            backup = path + ".v1"
+            if not os.path.exists(backup):
+                write_plan_file(backup, old)
+                done.append(backup)
+        write_plan_file(path, after[""])
+        done.append(path)
+    for name in sorted(set(before) - set(after)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+            done.append(os.path.join(directory, name))
+    return done
 
 
 @contextlib.contextmanager

@@ -241,20 +241,32 @@ LAYOUTS = [
 def test_directions_and_layouts(native, parallel, guests, expected):
     result = plan(native, parallel, guests)
     assert brief(result) == expected
-    assert result["native_family"] == native
-    assert result["parallel_family"] == ("ipv6" if native == "ipv4" else "ipv4")
+    assert result["site"]["native_family"] == native
+    assert result["site"]["parallel_family"] == ("ipv6" if native == "ipv4" else "ipv4")
 
 
 def test_plan_header_matches_interfaces_doc():
     result = plan("ipv4", V6, {"hv1": []})
     assert {k: v for k, v in result.items() if k != "hosts"} == {
-        "version": 1,
-        "native_family": "ipv4",
-        "parallel_family": "ipv6",
-        "prefix": "2001:db8:600::/48",
-        "layout": "per_host",
-        "host_prefixlen": 64,
-        "address_mode": "eui64",
+        "version": 2,
+        "site": {
+            "native_family": "ipv4",
+            "parallel_family": "ipv6",
+            "prefix": "2001:db8:600::/48",
+            "layout": "per_host",
+            "host_prefixlen": 64,
+            "address_mode": "eui64",
+            "bridge": "mv6br0",
+            "uplink": None,
+            "tap_prefix": "mv6p",
+            "nft_table": "mv6_isolation",
+            "host_guard": True,
+            "dns": [],
+            "owned": {
+                "interfaces": ["mv6br0", "mv6p*"],
+                "nft_tables": ["bridge mv6_isolation", "inet mv6_isolation"],
+            },
+        },
     }
     assert result["hosts"]["hv1"] == {
         "slot": 0,
@@ -262,15 +274,17 @@ def test_plan_header_matches_interfaces_doc():
         "subnet": "2001:db8:600::/64",
         "gateway": None,
         "dns": [],
+        "router": None,
+        "dhcp4_pool": None,
         "guests": {},
     }
 
 
 def test_defaults_per_family():
     v4 = plan("ipv6", {"prefix": "198.51.100.0/24", "layout": "shared"}, {})
-    assert (v4["host_prefixlen"], v4["address_mode"]) == (24, "sequential")
+    assert (v4["site"]["host_prefixlen"], v4["site"]["address_mode"]) == (24, "sequential")
     v6 = plan("ipv4", V6, {})
-    assert (v6["host_prefixlen"], v6["address_mode"]) == (64, "eui64")
+    assert (v6["site"]["host_prefixlen"], v6["site"]["address_mode"]) == (64, "eui64")
 
 
 def test_dns_and_router_gateway_per_host_eui64():
@@ -437,21 +451,149 @@ def test_explicit_address_given_later_moves_only_that_guest():
     assert third == first
 
 
-def test_same_input_gives_byte_identical_file():
+def save(tmp_path, p):
+    """Write plan p as a plan file in tmp_path; its path."""
+    path = str(tmp_path / "mv6_plan.yml")
+    _plan.write_plan(path, {}, _plan.dump_plan(p, path))
+    return path
+
+
+def test_same_input_gives_byte_identical_file(tmp_path):
     guests = {f"hv{i}": [g(f"hv{i}-vm{j}", vcpus=1) for j in range(5)] for i in range(4)}
     a = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
     b = _plan.dump_plan(plan("ipv4", V6, copy.deepcopy(guests)))
     assert a == b
-    assert a.startswith(_plan.PLAN_HEADER)
-    # reading the file back and planning again writes the very same bytes
-    again = plan("ipv4", V6, guests, _plan.parse_plan_text(a, "mv6_plan.yml"))
-    assert _plan.dump_plan(again) == a
+    assert a[""].startswith(_plan.PLAN_HEADER.format(hosts_dir="mv6_plan.d"))
+    assert sorted(a) == ["", "hv0.json", "hv1.json", "hv2.json", "hv3.json"]
+    # reading the files back and planning again writes the very same bytes
+    path = save(tmp_path, plan("ipv4", V6, copy.deepcopy(guests)))
+    previous, files = _plan.read_plan(path)
+    assert files == a
+    again = plan("ipv4", V6, guests, previous)
+    assert _plan.dump_plan(again, path) == a
+
+
+def test_one_host_is_read_from_its_own_file(tmp_path):
+    p = plan("ipv4", V6, {"hv1": [g("a")], "hv2": [g("b")]})
+    path = save(tmp_path, p)
+    # the other host's file is unreadable: reading hv1 does not touch it
+    (tmp_path / "mv6_plan.d" / "hv2.json").write_text("not json")
+    assert _plan.read_host_entry(path, "hv1") == p["hosts"]["hv1"]
+    assert _plan.read_host_entry(path, "hv9") is None
+    with pytest.raises(ValueError, match=r"hv2\.json is corrupt \(not JSON"):
+        _plan.read_plan(path)
+
+
+def test_host_names_are_quoted_into_one_file_name(tmp_path):
+    p = plan("ipv4", V6, {"../x": [g("a")], "hv/1": []})
+    path = save(tmp_path, p)
+    assert sorted(os.listdir(tmp_path / "mv6_plan.d")) == ["..%2Fx.json", "hv%2F1.json"]
+    assert _plan.read_plan(path)[0] == p
+
+
+def test_pruned_host_files_are_removed_and_nothing_else(tmp_path):
+    first = plan("ipv4", V6, {"hv1": [g("a")], "hv2": [g("b")]})
+    path = save(tmp_path, first)
+    (tmp_path / "mv6_plan.d" / "notes.txt").write_text("mine")
+    released = plan("ipv4", V6, {}, first, release_hosts=["hv2"], prune=True)
+    done = _plan.write_plan(path, _plan.read_plan(path)[1], _plan.dump_plan(released, path))
+    assert sorted(os.listdir(tmp_path / "mv6_plan.d")) == ["hv1.json", "notes.txt"]
+    assert done == [path, str(tmp_path / "mv6_plan.d" / "hv2.json")]
+    assert _plan.read_plan(path)[0] == released
+
+
+def test_a_version_1_plan_is_migrated_in_place_with_nothing_moved(tmp_path):
+    v4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
+    guests = {"hv1": [g("r", router=True)] + [g(f"w{i:02d}") for i in range(40)], "hv2": [g("x")]}
+    new = plan("ipv6", v4, guests)
+    # the version 1 file this collection wrote before: no site block, no router, no pool
+    v1 = {"version": 1, **{k: new["site"][k] for k in _plan.SITE_ALLOCATION}}
+    v1["hosts"] = {
+        h: {k: v for k, v in e.items() if k not in ("router", "dhcp4_pool")}
+        for h, e in new["hosts"].items()
+    }
+    path = tmp_path / "mv6_plan.yml"
+    text = "# mv6.transition address plan, written by mv6.transition.address_plan.\n"
+    text += yaml.safe_dump(v1)
+    path.write_text(text)
+    previous, before = _plan.read_plan(str(path))
+    assert previous["version"] == 1
+    migrated = plan("ipv6", v4, guests, previous)
+    assert brief(migrated) == brief(new)
+    assert migrated["hosts"]["hv1"]["router"] == "r"
+    # hv1's 41 guests reach .42: its pool starts above them, smaller than the default
+    assert migrated["hosts"]["hv1"]["dhcp4_pool"] == {
+        "first": "198.51.100.47",
+        "last": "198.51.100.62",
+    }
+    _plan.write_plan(str(path), before, _plan.dump_plan(migrated, str(path)), keep_v1=True)
+    assert (tmp_path / "mv6_plan.yml.v1").read_text() == text
+    again, _files = _plan.read_plan(str(path))
+    assert again == migrated
+    # and read as version 2 in memory for the read-only playbooks
+    assert _plan.upgrade_plan(previous, "ipv6", v4) == migrated
+
+
+def test_a_version_1_plan_whose_guests_fill_the_pool_gets_a_smaller_or_no_pool():
+    v4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26, "dhcp4_pool_size": 0}
+    full = plan("ipv6", v4, {"hv1": [g(f"w{i:02d}") for i in range(55)]})
+    v1 = {"version": 1, **{k: full["site"][k] for k in _plan.SITE_ALLOCATION}}
+    v1["hosts"] = {
+        h: {k: v for k, v in e.items() if k not in ("router", "dhcp4_pool")}
+        for h, e in full["hosts"].items()
+    }
+    site = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
+    migrated = plan("ipv6", site, {"hv1": [g(f"w{i:02d}") for i in range(55)]}, v1)
+    assert migrated["hosts"]["hv1"]["dhcp4_pool"] == {
+        "first": "198.51.100.57",
+        "last": "198.51.100.62",
+    }
+    assert brief(migrated) == brief(full)
+
+
+def test_the_dhcp4_pool_is_reserved_by_the_allocator():
+    # a /26 with 40 guests: the pool a Jinja formula gave (.32 - .61) overlapped them
+    v4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
+    result = plan("ipv6", v4, {"hv1": [g("r", router=True)] + [g(f"w{i:02d}") for i in range(40)]})
+    host = result["hosts"]["hv1"]
+    first = int(host["dhcp4_pool"]["first"].rsplit(".", 1)[1])
+    last = int(host["dhcp4_pool"]["last"].rsplit(".", 1)[1])
+    assert (first, last) == (47, 62)
+    used = {int(x["address"].rsplit(".", 1)[1]) for x in host["guests"].values()}
+    assert not used & set(range(first, last + 1))
+    # the pool is kept: more guests fill up to it, then no further
+    more = [g("r", router=True)] + [g(f"w{i:02d}") for i in range(44)]
+    grown = plan("ipv6", v4, {"hv1": more}, result)
+    assert grown["hosts"]["hv1"]["dhcp4_pool"] == host["dhcp4_pool"]
+    with pytest.raises(ValueError, match="holds 45 guest addresses beside its DHCPv4 pool"):
+        plan("ipv6", v4, {"hv1": [*more, g("w44")]}, result)
+    with pytest.raises(ValueError, match=r"198\.51\.100\.50 is inside the DHCPv4 pool"):
+        plan("ipv6", v4, {"hv1": [g("x", address="198.51.100.50")]})
+    # no pool: every address is a guest's
+    none = plan("ipv6", {**v4, "dhcp4_pool_size": 0}, {"hv1": [g(f"w{i:02d}") for i in range(61)]})
+    assert none["hosts"]["hv1"]["dhcp4_pool"] is None
+    assert plan("ipv4", V6, {"hv1": [g("a")]})["hosts"]["hv1"]["dhcp4_pool"] is None
+
+
+def test_site_names_cannot_change_under_a_plan():
+    first = plan("ipv4", V6, {"hv1": [g("a")]})
+    for key, value in (("bridge", "mv6br1"), ("nft_table", "mv6_other")):
+        with pytest.raises(
+            ValueError, match=f"^mv6_parallel.{key}: is {value}, but the plan names"
+        ):
+            plan("ipv4", {**V6, key: value}, {"hv1": [g("a")]}, first)
+    # the uplink and the host guard are settings the roles apply: they may change
+    changed = plan("ipv4", {**V6, "uplink": "eth9", "host_guard": False}, {"hv1": [g("a")]}, first)
+    assert (changed["site"]["uplink"], changed["site"]["host_guard"]) == ("eth9", False)
+    assert changed["site"]["owned"]["interfaces"] == ["mv6br0", "mv6p*", "eth9"]
 
 
 def test_mac_that_yaml_1_1_would_read_as_a_number_stays_a_string():
     # 02:6d:... never looks like a number, but a hand-edited file might: it must stay text
-    text = _plan.dump_plan({"mac": "02:60:00:00:00:00"})
-    assert yaml.safe_load(text) == {"mac": "02:60:00:00:00:00"}
+    p = plan("ipv4", V6, {})
+    p["site"]["dns"] = ["02:60:00:00:00:00"]
+    text = _plan.dump_plan(p)[""]
+    assert yaml.safe_load(text)["site"]["dns"] == ["02:60:00:00:00:00"]
 
 
 def test_every_mac_is_locally_administered_unicast():
@@ -462,15 +604,18 @@ def test_every_mac_is_locally_administered_unicast():
             assert first & 0x02 and not first & 0x01
 
 
-def test_hand_edited_mac_in_the_plan_file_is_refused():
-    text = _plan.dump_plan(plan("ipv4", V6, {"hv1": [g("a"), g("b")]}))
-    edited = text.replace("mac: 02:6d:00:00:00:01", "mac: 02:6d:00:00:00:00")
+def test_hand_edited_mac_in_the_plan_file_is_refused(tmp_path):
+    path = save(tmp_path, plan("ipv4", V6, {"hv1": [g("a"), g("b")]}))
+    host = tmp_path / "mv6_plan.d" / "hv1.json"
+    host.write_text(
+        host.read_text().replace('"mac": "02:6d:00:00:00:01"', '"mac": "02:6d:00:00:00:00"')
+    )
     message = (
-        "mv6_plan_file: p.yml is corrupt (hosts.hv1.guests.b.mac is 02:6d:00:00:00:00, but its "
+        f"mv6_plan_file: {path} is corrupt (hosts.hv1.guests.b.mac is 02:6d:00:00:00:00, but its "
         "slots give 02:6d:00:00:00:01); it was kept unchanged, fix it or move it away"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        _plan.parse_plan_text(edited, "p.yml")
+        _plan.read_plan(path)
 
 
 CORRUPT = [
@@ -489,9 +634,9 @@ CORRUPT = [
     ),
     (
         "version",
-        "version: 2\n",
-        "mv6_plan_file: {path} is corrupt (version is 2, expected 1); it was kept unchanged, fix "
-        "it or move it away",
+        "version: 3\n",
+        "mv6_plan_file: {path} is corrupt (version is 3, expected 1 or 2); it was kept unchanged, "
+        "fix it or move it away",
     ),
     (
         "guest-without-mac",
@@ -505,26 +650,54 @@ CORRUPT = [
         "mv6_plan_file: {path} is corrupt (hosts hv1 and hv2 share slot 0); it was kept "
         "unchanged, fix it or move it away",
     ),
+    (
+        "host-file-missing",
+        "NO_HOST_FILE",
+        "mv6_plan_file: {path} is corrupt (host hv2 is in its index but {hosts}/hv2.json is "
+        "missing); it was kept unchanged, fix it or move it away",
+    ),
+    (
+        "host-file-of-another-host",
+        "OTHER_HOST",
+        "mv6_plan_file: {hosts}/hv2.json is corrupt (it is not the entry of host hv2); it was "
+        "kept unchanged, fix it or move it away",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "message"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT])
 def test_corrupt_plan_file_is_refused(tmp_path, text, message):
-    good = _plan.dump_plan(plan("ipv4", V6, {"hv1": [g("a")], "hv2": []}))
-    if text == "CUT_MAC":
-        text = re.sub(r"\n *mac: .*", "", good, count=1)
-    elif text == "SAME_SLOT":
-        text = good.replace("    slot: 1\n", "    slot: 0\n")
     path = tmp_path / "mv6_plan.yml"
+    hosts = tmp_path / "mv6_plan.d"
+    save(tmp_path, plan("ipv4", V6, {"hv1": [g("a")], "hv2": []}))
+    good = path.read_text()
+    if text == "CUT_MAC":
+        h1 = hosts / "hv1.json"
+        h1.write_text(re.sub(r'"mac": "[^"]*", ', "", h1.read_text(), count=1))
+        text = good
+    elif text == "SAME_SLOT":
+        text = good.replace("  hv2: 1\n", "  hv2: 0\n")
+        h2 = hosts / "hv2.json"
+        h2.write_text(h2.read_text().replace('"slot": 1', '"slot": 0'))
+    elif text == "NO_HOST_FILE":
+        (hosts / "hv2.json").unlink()
+        text = good
+    elif text == "OTHER_HOST":
+        (hosts / "hv2.json").write_text((hosts / "hv1.json").read_text())
+        text = good
     path.write_text(text)
-    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=path))}$"):
-        _plan.parse_plan_text(_plan.read_plan_file(str(path)), str(path))
+    snapshot = {p.name: p.read_text() for p in hosts.iterdir()}
+    expected = message.format(path=path, hosts=hosts)
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        _plan.read_plan(str(path))
     assert path.read_text() == text
+    assert {p.name: p.read_text() for p in hosts.iterdir()} == snapshot
 
 
 def test_empty_plan_file_is_no_plan(tmp_path):
-    assert _plan.parse_plan_text("", "x") is None
-    assert _plan.read_plan_file(str(tmp_path / "absent.yml")) is None
+    (tmp_path / "empty.yml").write_text("")
+    assert _plan.read_plan(str(tmp_path / "empty.yml"))[0] is None
+    assert _plan.read_plan(str(tmp_path / "absent.yml")) == (None, {})
 
 
 def test_unreadable_plan_file(tmp_path):

@@ -16,7 +16,10 @@ V6 = {"prefix": "2001:db8:600::/48"}
 V4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
 V4S = {"prefix": "198.51.100.0/24", "layout": "shared"}
 GUEST_KEYS = "address, disk_gib, image, memory_mib, name, persistence, router, state, vcpus"
-PARALLEL_KEYS = "address_mode, bridge, dns, gateway, host_prefixlen, layout, prefix, uplink"
+PARALLEL_KEYS = (
+    "address_mode, bridge, dhcp4_pool_size, dns, gateway, host_guard, host_prefixlen, layout, "
+    "nft_table, prefix, uplink"
+)
 
 
 def g(name, **kw):
@@ -583,11 +586,74 @@ CASES = [
     (
         "address-taken-by-gateway",
         "ipv6",
-        {**V4S, "gateway": "198.51.100.254"},
+        {**V4S, "gateway": "198.51.100.100"},
+        {"hv1": [g("a", address="198.51.100.100")]},
+        {},
+        "mv6_guests[0].address on host hv1: 198.51.100.100 is already taken by "
+        "mv6_parallel.gateway",
+    ),
+    (
+        "address-in-the-dhcp4-pool",
+        "ipv6",
+        V4S,
         {"hv1": [g("a", address="198.51.100.254")]},
         {},
-        "mv6_guests[0].address on host hv1: 198.51.100.254 is already taken by "
-        "mv6_parallel.gateway",
+        "mv6_guests[0].address on host hv1: 198.51.100.254 is inside the DHCPv4 pool "
+        "198.51.100.191 - 198.51.100.254 of 198.51.100.0/24 that the router guest hands out "
+        "(mv6_parallel.dhcp4_pool_size)",
+    ),
+    (
+        "nft-table-not-a-name",
+        "ipv4",
+        {**V6, "nft_table": "x; delete table inet filter"},
+        {},
+        {},
+        "mv6_parallel.nft_table: must be an nftables table name (1 to 32 letters, digits or "
+        "'_', starting with a letter), got 'x; delete table inet filter'",
+    ),
+    (
+        "host-guard-not-a-bool",
+        "ipv4",
+        {**V6, "host_guard": "yes"},
+        {},
+        {},
+        "mv6_parallel.host_guard: must be true or false, got 'yes'",
+    ),
+    (
+        "bridge-with-the-tap-prefix",
+        "ipv4",
+        {**V6, "bridge": "mv6p9"},
+        {},
+        {},
+        "mv6_parallel.bridge: mv6p9 starts with mv6p, the prefix of the guests' taps; choose "
+        "another name",
+    ),
+    (
+        "uplink-is-the-bridge",
+        "ipv4",
+        {**V6, "bridge": "br6", "uplink": "br6"},
+        {},
+        {},
+        "mv6_parallel.uplink: br6 is the bridge or a guest tap's name; the uplink is a NIC or "
+        "VLAN of the host",
+    ),
+    (
+        "dhcp4-pool-for-ipv6",
+        "ipv4",
+        {**V6, "dhcp4_pool_size": 8},
+        {},
+        {},
+        "mv6_parallel.dhcp4_pool_size: the parallel network is ipv6; a DHCPv4 pool needs an "
+        "ipv4 prefix (leave it out or set 0)",
+    ),
+    (
+        "dhcp4-pool-too-big",
+        "ipv6",
+        {**V4, "dhcp4_pool_size": 300},
+        {},
+        {},
+        "mv6_parallel.dhcp4_pool_size: must be an integer from 0 to 60 (a /26 leaves room for "
+        "one guest beside it), got 300",
     ),
     (
         "overlap-native-address",

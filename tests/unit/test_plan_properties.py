@@ -53,7 +53,11 @@ def check_plan_invariants(native, parallel, result, explicit=()):
     for host, entry in result["hosts"].items():
         subnet = netaddr.IPNetwork(entry["subnet"])
         assert subnet.prefixlen == site.host_prefixlen
-        assert subnet in netaddr.IPNetwork(result["prefix"])
+        assert subnet in netaddr.IPNetwork(result["site"]["prefix"])
+        pool = entry["dhcp4_pool"]
+        if pool is not None:
+            pool = netaddr.IPRange(pool["first"], pool["last"])
+            assert pool.last == int(subnet.broadcast) - 1
         ports = set()
         for name, guest in entry["guests"].items():
             mac = netaddr.EUI(guest["mac"])
@@ -64,6 +68,8 @@ def check_plan_invariants(native, parallel, result, explicit=()):
             macs.add(guest["mac"])
             address = netaddr.IPAddress(guest["address"])
             assert address in subnet, f"{host}/{name}: {address} outside {subnet}"
+            if pool is not None:
+                assert address not in pool, f"{host}/{name}: {address} in the DHCPv4 pool"
             assert address != subnet.network
             if site.family == "ipv4":
                 assert address != subnet.broadcast

@@ -20,8 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
+from mv6mol import planfile
 from mv6mol.agent import Guest
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -207,7 +206,7 @@ def mv6_objects(host: str) -> list[str]:
 
 
 def plan(path: Path = PLAN_A) -> dict:
-    return yaml.safe_load(path.read_text())
+    return planfile.read(path)
 
 
 def allocations(plan_data: dict, host: str) -> dict:

@@ -9,8 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from mv6mol import planfile
 from mv6mol.site import bare, ephemeral_dir, load_site, run
 
 NETNS_PYTHON = "/usr/bin/python3"
@@ -85,7 +84,7 @@ class Scenario:
 def load() -> Scenario:
     site = load_site()
     plan_file = Path(os.environ.get("MV6_MOL_PLAN", ephemeral_dir() / "mv6_plan.yml"))
-    plan = yaml.safe_load(plan_file.read_text())
+    plan = planfile.read(plan_file)
     hosts = [h for h, v in plan["hosts"].items() if not v.get("released")]
     assert len(hosts) == 1, f"one hypervisor expected in the plan, got {hosts}"
     hv = hosts[0]
@@ -123,8 +122,8 @@ def assert_planned(
     subnet, the native peer of the other family and, with ``parallel_peer``, the parallel peer
     as the gateway and no guest's address. Returns the scenario for further checks."""
     scn = load()
-    assert scn.plan["native_family"] == native_family
-    assert scn.plan["parallel_family"] == parallel_family
+    assert scn.plan["site"]["native_family"] == native_family
+    assert scn.plan["site"]["parallel_family"] == parallel_family
     assert scn.site["native_family"] == native_family
     assert len(scn.guests) == guests, [g.name for g in scn.guests]
     subnet = ipaddress.ip_network(scn.subnet)
