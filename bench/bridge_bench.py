@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from conftest import NetnsLab, run_playbook, sh
+from conftest import NetnsLab, run_playbook, sh, with_site
 
 BRIDGE, TABLE = "t-hvbb0", "t_hv_bench"
 PORTS = ("t-hvb0", "t-hvb1")
@@ -87,16 +87,18 @@ def main() -> int:
         }
         for i in range(2)
     }
-    extra = {
-        "mv6_parallel": {"bridge": BRIDGE, "uplink": None},
-        "mv6_plan": {"parallel_family": "ipv6", "hosts": {"localhost": {"guests": guests}}},
-        "mv6_hypervisor_nft_table": TABLE,
-        "mv6_hypervisor_nft_file": str(nft_file),
-        "mv6_hypervisor_accel": "tcg",
-        "mv6_hypervisor_install_packages": False,
-        "mv6_hypervisor_persist": "none",
-        "mv6_hypervisor_port_pattern": "t-hvb*",
-    }
+    extra = with_site(
+        {
+            "mv6_parallel": {"bridge": BRIDGE, "uplink": None},
+            "mv6_plan": {"parallel_family": "ipv6", "hosts": {"localhost": {"guests": guests}}},
+            "mv6_hypervisor_nft_table": TABLE,
+            "mv6_hypervisor_nft_file": str(nft_file),
+            "mv6_hypervisor_accel": "tcg",
+            "mv6_hypervisor_install_packages": False,
+            "mv6_hypervisor_persist": "none",
+            "mv6_hypervisor_port_pattern": "t-hvb*",
+        }
+    )
     lab = NetnsLab()
     results = {"with_table": [], "without_table": []}
     try:

@@ -421,10 +421,10 @@ def parse_site(native_family: object, parallel: object) -> Site:
     uplink = parallel.get("uplink")
     site.uplink = None if uplink is None else _parse_ifname("mv6_parallel.uplink", uplink)
     if site.uplink is not None and (
-        site.uplink == site.bridge or site.uplink.startswith(TAP_PREFIX)
+        site.uplink in (site.bridge, "lo") or site.uplink.startswith(TAP_PREFIX)
     ):
         raise ValueError(
-            f"mv6_parallel.uplink: {site.uplink} is the bridge or a guest tap's name; the "
+            f"mv6_parallel.uplink: {site.uplink} is the bridge, lo or a guest tap's name; the "
             f"uplink is a NIC or VLAN of the host"
         )
     table = parallel.get("nft_table", DEFAULT_NFT_TABLE)
@@ -715,8 +715,12 @@ def check_plan(plan: object) -> dict:
         for key, kind in _SITE_KEYS.items():
             if not _is_a(header.get(key), kind):
                 raise ValueError(f"site.{key} is missing or not a {kind.__name__}")
-        if header.get("uplink") is not None and not isinstance(header["uplink"], str):
-            raise ValueError("site.uplink is not a string or null")
+        # Names that reach ip(8), nft(8) and file names: a hand-edited plan gets no further.
+        for key in ("bridge", "tap_prefix") + (("uplink",) if header.get("uplink") else ()):
+            if not _names.is_interface_name(header.get(key)):
+                raise ValueError(f"site.{key} is {header.get(key)!r}, not an interface name")
+        if not _names.is_nft_name(header["nft_table"]):
+            raise ValueError(f"site.nft_table is {header['nft_table']!r}, not an nftables name")
     else:
         raise ValueError(f"version is {version!r}, expected 1 or {PLAN_VERSION}")
     for key in ("native_family", "parallel_family", "prefix", "layout", "address_mode"):

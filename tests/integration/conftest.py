@@ -14,6 +14,7 @@ import grp
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,3 +230,31 @@ def run_module(
     )
     data = json.loads(proc.stdout)
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def with_site(extra: dict) -> dict:
+    """A role test's variables with a version 2 plan: the site block the planner makes from
+    the test's mv6_parallel (and nft table, host guard, native family), over the test's own
+    host entries. The roles read every shared name from that block, as from a real plan."""
+    collections = str(Path(__file__).resolve().parents[2] / ".collections")
+    if collections not in sys.path:
+        sys.path.insert(0, collections)
+    from ansible_collections.mv6.transition.plugins.module_utils import _plan
+
+    out = dict(extra)
+    plan = dict(out.get("mv6_plan") or {})
+    old = plan.get("site") or {}
+    family = plan.pop("parallel_family", None) or old.get("parallel_family", "ipv6")
+    parallel = {k: v for k, v in (out.get("mv6_parallel") or {}).items() if v is not None}
+    parallel["prefix"] = "2001:db8:6::/48" if family == "ipv6" else "198.51.96.0/20"
+    parallel["nft_table"] = out.pop("mv6_hypervisor_nft_table", None) or old.get(
+        "nft_table", _plan.DEFAULT_NFT_TABLE
+    )
+    guard = out.pop("mv6_hypervisor_host_guard", None)
+    parallel["host_guard"] = old.get("host_guard", True) if guard is None else guard
+    native = out.get("mv6_native_family") or ("ipv4" if family == "ipv6" else "ipv6")
+    site = _plan.parse_site(native, parallel).to_site_block()
+    for key in ("native_family", "prefix", "layout", "host_prefixlen", "address_mode"):
+        plan.pop(key, None)
+    out["mv6_plan"] = {**plan, "version": _plan.PLAN_VERSION, "site": site}
+    return out

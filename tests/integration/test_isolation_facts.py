@@ -21,6 +21,7 @@ from conftest import (
     set_device_mode,
     sh,
     virsh,
+    with_site,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -50,32 +51,34 @@ def host(tmp_path_factory):
     playbook = workdir / "hv.yml"
     playbook.write_text(PLAYBOOK)
     lab = NetnsLab()
-    extra = {
-        "mv6_parallel": {"bridge": BRIDGE, "uplink": None},
-        "mv6_plan": {
-            "parallel_family": "ipv6",
-            "hosts": {
-                "localhost": {
-                    "guests": {
-                        "t-hv-q": {
-                            "released": False,
-                            "mac": "02:6d:76:00:01:01",
-                            "address": "2001:db8:6:2::10",
-                            "link_local": "fe80::6d:76ff:fe00:101",
-                            "port": PORT,
-                            "router": False,
+    extra = with_site(
+        {
+            "mv6_parallel": {"bridge": BRIDGE, "uplink": None},
+            "mv6_plan": {
+                "parallel_family": "ipv6",
+                "hosts": {
+                    "localhost": {
+                        "guests": {
+                            "t-hv-q": {
+                                "released": False,
+                                "mac": "02:6d:76:00:01:01",
+                                "address": "2001:db8:6:2::10",
+                                "link_local": "fe80::6d:76ff:fe00:101",
+                                "port": PORT,
+                                "router": False,
+                            }
                         }
                     }
-                }
+                },
             },
-        },
-        "mv6_hypervisor_nft_table": TABLE,
-        "mv6_hypervisor_nft_file": str(workdir / f"{TABLE}.nft"),
-        "mv6_hypervisor_accel": "tcg",
-        "mv6_hypervisor_install_packages": False,
-        "mv6_hypervisor_persist": "none",
-        "mv6_hypervisor_port_pattern": "t-hvq*",
-    }
+            "mv6_hypervisor_nft_table": TABLE,
+            "mv6_hypervisor_nft_file": str(workdir / f"{TABLE}.nft"),
+            "mv6_hypervisor_accel": "tcg",
+            "mv6_hypervisor_install_packages": False,
+            "mv6_hypervisor_persist": "none",
+            "mv6_hypervisor_port_pattern": "t-hvq*",
+        }
+    )
     try:
         lab.add_ns(NS_PORT)
         lab.add_veth(PORT, "t-hvq0x", NS_PORT, "eth0", "02:6d:76:00:01:01")
@@ -244,10 +247,10 @@ def test_missing_host_guard_is_reported(host, tmp_path):
 
 
 def test_a_host_without_the_guard_passes_the_audit_site_yml_runs(host):
-    """mv6_hypervisor_host_guard: false, then the audit as playbooks/tasks/audit_host.yml
+    """mv6_parallel.host_guard: false, then the audit as playbooks/tasks/audit_host.yml
     runs it (owned, with the role's record): no violation. The keeper drops the guard table
     of its own; the guard is back for the tests after this one."""
-    off = {**host["extra"], "mv6_hypervisor_host_guard": False}
+    off = with_site({**host["extra"], "mv6_hypervisor_host_guard": False})
     try:
         result = run_playbook(host["playbook"], off)
         assert result["rc"] == 0, json.dumps(result)[-3000:]

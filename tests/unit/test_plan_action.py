@@ -80,8 +80,18 @@ def test_plain_turns_subclasses_into_plain_types():
 
 def test_filters_are_thin_wrappers_that_raise_filter_errors():
     names = sorted(filters.FilterModule().filters())
-    assert names == ["guest_address", "guest_mac", "guest_plan", "host_plan", "parallel_subnet"]
+    assert names == [
+        "guest_address",
+        "guest_mac",
+        "guest_plan",
+        "host_plan",
+        "parallel_subnet",
+        "plan_site",
+    ]
     result = _plan.build_plan("ipv4", {"prefix": "2001:db8:600::/48"}, {"hv1": [{"name": "a"}]})
+    assert filters.plan_site(result)["bridge"] == "mv6br0"
+    with pytest.raises(AnsibleFilterError, match=r"^mv6_plan: has no site block; it must be"):
+        filters.plan_site({"parallel_family": "ipv6", "hosts": {}})
     assert filters.guest_plan(result, "hv1", "a")["mac"] == "02:6d:00:00:00:00"
     assert filters.host_plan(result, "hv1")["subnet"] == "2001:db8:600::/64"
     with pytest.raises(AnsibleFilterError, match=r"^mv6_plan: host hv2 is not in the plan$"):

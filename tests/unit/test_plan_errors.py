@@ -634,8 +634,8 @@ CASES = [
         {**V6, "bridge": "br6", "uplink": "br6"},
         {},
         {},
-        "mv6_parallel.uplink: br6 is the bridge or a guest tap's name; the uplink is a NIC or "
-        "VLAN of the host",
+        "mv6_parallel.uplink: br6 is the bridge, lo or a guest tap's name; the uplink is a NIC "
+        "or VLAN of the host",
     ),
     (
         "dhcp4-pool-for-ipv6",
