@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,6 +119,16 @@ def play(inv: Path, *options: str, args: str = "", expect_rc: int = 0) -> dict:
     return out["plays"][0]["tasks"][0]["hosts"]
 
 
+def read(plan_file: Path) -> dict:
+    """The plan at plan_file, read (and checked) by the collection's reader."""
+    return _plan.read_plan(str(plan_file))[0]
+
+
+def diffs(result: dict) -> dict:
+    """{file name: (before, after)} of the planner's per-file diffs."""
+    return {Path(d["after_header"]).name: (d["before"], d["after"]) for d in result["diff"]}
+
+
 def plan_result(hosts: dict) -> dict:
     (result,) = hosts.values()  # run_once: one result
     return result
@@ -129,8 +140,10 @@ def test_check_diff_apply_idempotent(site):
     # check mode: reports the change, shows it, writes nothing
     result = plan_result(play(site, "--check", "--diff"))
     assert result["changed"] is True
-    assert result["diff"]["before"] == ""
-    assert "web6:" in result["diff"]["after"] and "app6:" in result["diff"]["after"]
+    shown = diffs(result)
+    assert sorted(shown) == ["hv1.json", "hv2.json", "mv6_plan.yml"]
+    assert all(before == "" for before, _after in shown.values())
+    assert '"web6": ' in shown["hv1.json"][1] and '"app6": ' in shown["hv2.json"][1]
     assert not plan_file.exists()
     # nothing at all was written: not the plan, not the copy task's files
     assert sorted(p.name for p in site.iterdir()) == ["group_vars", "host_vars", "hosts.yml"]
@@ -139,9 +152,11 @@ def test_check_diff_apply_idempotent(site):
     result = plan_result(play(site, "--diff"))
     assert result["changed"] is True
     text = plan_file.read_text()
-    assert yaml.safe_load(text) == result["plan"]
-    assert result["diff"]["after"] == text
+    assert read(plan_file) == result["plan"]
+    assert diffs(result)["mv6_plan.yml"][1] == text
+    assert diffs(result)["hv1.json"][1] == (site / "mv6_plan.d" / "hv1.json").read_text()
     plan = result["plan"]
+    assert plan["site"]["bridge"] == "mv6br0" and hv1_router(plan) == "rtr6"
     hv1 = plan["hosts"]["hv1"]
     assert hv1["subnet"] == "2001:db8:600::/64"
     assert sorted(hv1["guests"]) == ["rtr6", "web6"]  # the templated name arrives as text
@@ -155,37 +170,74 @@ def test_check_diff_apply_idempotent(site):
         assert seen["address"] == "2001:db8:600:1:6d:ff:fe01:2"
 
     # second run: unchanged, the file is byte-identical and was not rewritten
-    before = plan_file.stat()
+    files = [plan_file, *sorted((site / "mv6_plan.d").iterdir())]
+    inodes = [f.stat().st_ino for f in files]
     result = plan_result(play(site, "--diff"))
     assert result["changed"] is False
     assert "diff" not in result or not result["diff"]
     assert plan_file.read_text() == text
-    assert plan_file.stat().st_ino == before.st_ino
+    assert [f.stat().st_ino for f in files] == inodes
+
+    # a third host: the diff and the writes are its file and the site file, nothing else
+    _add_host(site, "hv3", [{"name": "db6"}])
+    result = plan_result(play(site, "--limit", "hv3", "--diff"))
+    assert sorted(diffs(result)) == ["hv3.json", "mv6_plan.yml"]
+    assert [f.stat().st_ino for f in files[1:]] == inodes[1:]
+
+
+def hv1_router(plan: dict) -> str | None:
+    return plan["hosts"]["hv1"]["router"]
+
+
+def test_a_version_1_plan_file_is_migrated_in_place(site):
+    """The file this collection wrote before plan v2: the playbook migrates it where it is,
+    keeps a copy, and no address, MAC, port or slot moves."""
+    play(site)
+    v2 = read(site / "mv6_plan.yml")
+    v1 = {"version": 1, **{k: v2["site"][k] for k in _plan.SITE_ALLOCATION}}
+    v1["hosts"] = {
+        h: {k: v for k, v in e.items() if k not in ("router", "dhcp4_pool")}
+        for h, e in v2["hosts"].items()
+    }
+    shutil.rmtree(site / "mv6_plan.d")
+    old = "# mv6.transition address plan, written by mv6.transition.address_plan.\n"
+    old += yaml.safe_dump(v1)
+    (site / "mv6_plan.yml").write_text(old)
+    result = plan_result(play(site, "--diff"))
+    assert result["changed"] is True
+    assert (site / "mv6_plan.yml.v1").read_text() == old
+    assert read(site / "mv6_plan.yml") == v2 == result["plan"]
+    # and the read-only playbooks read a version 1 file migrated in memory
+    assert (
+        _plan.upgrade_plan(v1, "ipv4", {"prefix": "2001:db8:600::/48", "dns": ["2001:db8::53"]})
+        == v2
+    )
 
 
 def test_removed_guest_released_and_limit_keeps_other_hosts(site):
     play(site)
-    first = yaml.safe_load((site / "mv6_plan.yml").read_text())
+    first = read(site / "mv6_plan.yml")
 
     write_vars(site / "host_vars" / "hv1.yml", {"mv6_guests": [{"name": "rtr6", "router": True}]})
     write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": []})
     result = plan_result(play(site, "--limit", "hv1", "--diff"))
     assert result["changed"] is True
-    plan = yaml.safe_load((site / "mv6_plan.yml").read_text())
+    plan = read(site / "mv6_plan.yml")
     # hv1 is in the play: its removed guest stays, released, with the same allocation
     assert plan["hosts"]["hv1"]["guests"]["web6"] == {
         **first["hosts"]["hv1"]["guests"]["web6"],
         "released": True,
     }
-    diff = result["diff"]
-    assert yaml.safe_load(diff["before"])["hosts"]["hv1"]["guests"]["web6"]["released"] is False
-    assert yaml.safe_load(diff["after"])["hosts"]["hv1"]["guests"]["web6"]["released"] is True
+    before, after = diffs(result)["hv1.json"]
+    assert sorted(diffs(result)) == ["hv1.json"]  # hv2 and the site file are unchanged
+    assert json.loads(before)["guests"]["web6"]["released"] is False
+    assert json.loads(after)["guests"]["web6"]["released"] is True
     # hv2 is outside the play: untouched, although its mv6_guests is now empty
     assert plan["hosts"]["hv2"] == first["hosts"]["hv2"]
 
     # pruning on purpose drops the released guest
     play(site, "--limit", "hv1", args="{prune: true}")
-    plan = yaml.safe_load((site / "mv6_plan.yml").read_text())
+    plan = read(site / "mv6_plan.yml")
     assert sorted(plan["hosts"]["hv1"]["guests"]) == ["rtr6"]
     assert plan["hosts"]["hv2"] == first["hosts"]["hv2"]
 
@@ -278,7 +330,7 @@ def test_a_second_run_waits_for_the_first_and_keeps_its_allocations(site):
     plan_file = site / "mv6_plan.yml"
     lock_path = Path(f"{plan_file}.lock")
     # "The first run": holds the lock, has read the plan, and adds hv4 (planner core).
-    previous = _plan.parse_plan_text(plan_file.read_text(), str(plan_file))
+    previous, files = _plan.read_plan(str(plan_file))
     _add_host(site, "hv3", [{"name": "db6"}])
     playbook = site.parent / "plan.yml"
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
@@ -306,12 +358,12 @@ def test_a_second_run_waits_for_the_first_and_keeps_its_allocations(site):
                 {"hv4": [{"name": "cache6"}]},
                 previous,
             )
-            _plan.write_plan_file(str(plan_file), _plan.dump_plan(plan))
+            _plan.write_plan(str(plan_file), files, _plan.dump_plan(plan, str(plan_file)))
         finally:
             fcntl.flock(held, fcntl.LOCK_UN)
         out, err = second.communicate(timeout=240)
     assert second.returncode == 0, out[-3000:] + err[-3000:]
-    final = yaml.safe_load(plan_file.read_text())
+    final = read(plan_file)
     assert sorted(final["hosts"]) == ["hv1", "hv2", "hv3", "hv4"]
     assert final["hosts"]["hv4"] == plan["hosts"]["hv4"]
     for host in ("hv1", "hv2"):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import with_site
 from guestlib import URI, agent, golden_image, guest_run, remove_domains, sh
 
 TOP = Path(__file__).resolve().parents[2]
@@ -114,51 +115,53 @@ def lab():
         sh("sysctl", "-q", "-w", f"net.ipv6.conf.{BRIDGE}.disable_ipv6=1")
         sh("ip", "link", "set", BRIDGE, "up")
         golden_sum = sha256(image["path"])
-        base = {
-            "mv6_hypervisor_accel_effective": "qemu",
-            "mv6_parallel": {"bridge": BRIDGE},
-            "mv6_guest_state_dir": str(WORK / "guests"),
-            "mv6_guest_images": {"debian12": image},
-            "mv6_guest_agent_timeout": 480,
-            "mv6_plan": {
-                "version": 1,
-                "native_family": "ipv4",
-                "parallel_family": "ipv6",
-                "prefix": "2001:db8:6a00::/48",
-                "layout": "per_host",
-                "host_prefixlen": 64,
-                "address_mode": "sequential",
-                "hosts": {
-                    "localhost": {
-                        "slot": 0,
-                        "released": False,
-                        "subnet": "2001:db8:6a00::/64",
-                        "gateway": None,
-                        "dns": [],
-                        "guests": {
-                            GUEST: {
-                                "slot": 0,
-                                "released": False,
-                                "mac": "02:6d:76:6a:00:0a",
-                                "address": "2001:db8:6a00::a",
-                                "prefixlen": 64,
-                                "port": "t-gstp0",
-                                "router": False,
+        base = with_site(
+            {
+                "mv6_hypervisor_accel_effective": "qemu",
+                "mv6_parallel": {"bridge": BRIDGE},
+                "mv6_guest_state_dir": str(WORK / "guests"),
+                "mv6_guest_images": {"debian12": image},
+                "mv6_guest_agent_timeout": 480,
+                "mv6_plan": {
+                    "version": 1,
+                    "native_family": "ipv4",
+                    "parallel_family": "ipv6",
+                    "prefix": "2001:db8:6a00::/48",
+                    "layout": "per_host",
+                    "host_prefixlen": 64,
+                    "address_mode": "sequential",
+                    "hosts": {
+                        "localhost": {
+                            "slot": 0,
+                            "released": False,
+                            "subnet": "2001:db8:6a00::/64",
+                            "gateway": None,
+                            "dns": [],
+                            "guests": {
+                                GUEST: {
+                                    "slot": 0,
+                                    "released": False,
+                                    "mac": "02:6d:76:6a:00:0a",
+                                    "address": "2001:db8:6a00::a",
+                                    "prefixlen": 64,
+                                    "port": "t-gstp0",
+                                    "router": False,
+                                },
+                                "t-gst-dead": {
+                                    "slot": 1,
+                                    "released": False,
+                                    "mac": "02:6d:76:6a:00:0d",
+                                    "address": "2001:db8:6a00::d",
+                                    "prefixlen": 64,
+                                    "port": "t-gstp1",
+                                    "router": False,
+                                },
                             },
-                            "t-gst-dead": {
-                                "slot": 1,
-                                "released": False,
-                                "mac": "02:6d:76:6a:00:0d",
-                                "address": "2001:db8:6a00::d",
-                                "prefixlen": 64,
-                                "port": "t-gstp1",
-                                "router": False,
-                            },
-                        },
-                    }
+                        }
+                    },
                 },
-            },
-        }
+            }
+        )
         yield {"image": image, "base": base, "golden_sum": golden_sum}
     finally:
         remove_domains("t-gst-")
@@ -332,6 +335,7 @@ def test_other_tags_skip_the_role(tmp_path):
         "mv6_guests": [{"name": "t-gst-tag"}],
         "mv6_plan": {"parallel_family": "ipv6", "hosts": {"localhost": {"guests": {}}}},
     }
+    extra = with_site(extra)
     rc, out, recap = playbook(tmp_path, extra, "--tags", "mv6_plan", timeout=120)
     assert rc == 0, out[-3000:]
     assert recap.get("failed") == 0 and recap.get("changed") == 0, out[-3000:]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import netaddr
 import pytest
+from conftest import with_site
 from guestlib import golden_image, guest_run, remove_domains, sh
 
 TOP = Path(__file__).resolve().parents[2]
@@ -195,25 +196,23 @@ class Capture:
 
 
 def plan(family: str, subnet: str, guests: dict) -> dict:
-    return {
-        "version": 1,
-        "native_family": "ipv4" if family == "ipv6" else "ipv6",
-        "parallel_family": family,
-        "prefix": subnet,
-        "layout": "per_host",
-        "host_prefixlen": int(subnet.split("/")[1]),
-        "address_mode": "eui64" if family == "ipv6" else "sequential",
-        "hosts": {
-            "localhost": {
-                "slot": 0,
-                "released": False,
-                "subnet": subnet,
-                "gateway": None,
-                "dns": [],
-                "guests": guests,
-            }
-        },
+    """A version 2 plan of one host: the planner's site block over the test's own entries."""
+    routers = [name for name, g in sorted(guests.items()) if g["router"]]
+    host = {
+        "slot": 0,
+        "released": False,
+        "subnet": subnet,
+        "gateway": None,
+        "dns": [],
+        "router": routers[0] if routers else None,
+        "dhcp4_pool": None,
+        "guests": guests,
     }
+    extra = {
+        "mv6_parallel": {"bridge": BRIDGE},
+        "mv6_plan": {"parallel_family": family, "hosts": {"localhost": host}},
+    }
+    return with_site(extra)["mv6_plan"]
 
 
 def slot(n: int, mac: str, address: str, prefixlen: int, router: bool = False) -> dict:
