@@ -28,7 +28,8 @@ options:
   host:
     description: Return only this host's entry (null when the plan does not list it).
     type: str
-author: mv6.transition developers
+author:
+  - mv6.transition developers (@mv6)
 """
 
 EXAMPLES = r"""
