@@ -237,7 +237,7 @@ def plan_files(fresh: dict, args, new_host: dict) -> None:
             previous, before = _plan.read_plan(path)
             read_wall = time.perf_counter() - w0
             after_plan = _plan.build_plan("ipv4", PARALLEL, new_host, previous)
-            after = _plan.dump_plan(after_plan, path)
+            after = _plan.dump_plan(after_plan, path, previous, before)
             written = _plan.write_plan(path, before, after)
             rounds.append(time.perf_counter() - w0)
             reads.append(read_wall)

@@ -158,7 +158,7 @@ class ActionModule(ActionBase):
             native_by_host=native_by_host,
             inventory_hosts=self._inventory_hosts,
         )
-        after = _plan.dump_plan(plan, plan_file)
+        after = _plan.dump_plan(plan, plan_file, previous, before)
         if after != before and not self._task.check_mode:
             migrating = previous is not None and previous.get("version") != plan["version"]
             _plan.write_plan(plan_file, before, after, keep_v1=migrating)

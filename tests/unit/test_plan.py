@@ -471,6 +471,12 @@ def test_same_input_gives_byte_identical_file(tmp_path):
     assert files == a
     again = plan("ipv4", V6, guests, previous)
     assert _plan.dump_plan(again, path) == a
+    # a host outside the play keeps its file's text as read (not encoded again): same bytes
+    one = plan("ipv4", V6, {"hv9": [g("x")]}, previous)
+    assert one["hosts"]["hv1"] is previous["hosts"]["hv1"]
+    reused = _plan.dump_plan(one, path, previous, files)
+    assert reused == _plan.dump_plan(one, path)
+    assert reused["hv1.json"] is files["hv1.json"]
 
 
 def test_one_host_is_read_from_its_own_file(tmp_path):
