@@ -24,6 +24,14 @@ ARGUMENT_SPEC = {
     "lock_timeout": {"type": "int", "default": 120},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
+# Settings that plan v2 moved into mv6_parallel: an inventory that still sets one would be
+# planned (and a version 1 plan migrated) with the default instead, so it is refused first.
+MOVED = {
+    "mv6_hypervisor_nft_table": "mv6_parallel.nft_table",
+    "mv6_hypervisor_host_guard": "mv6_parallel.host_guard",
+    "mv6_guest_network_dhcp_pool_offset": "mv6_parallel.dhcp4_pool_size (the pool is planned)",
+    "mv6_guest_network_dhcp_pool_size": "mv6_parallel.dhcp4_pool_size",
+}
 
 
 def _plain(value):
@@ -85,6 +93,12 @@ class ActionModule(ActionBase):
         native_by_host = {}
         for host in sorted(play_hosts):
             hv = hostvars[host]
+            for name, new in MOVED.items():
+                if name in hv:
+                    raise AnsibleActionFail(
+                        f"{name}: is set for host {host}, but it moved into the plan (plan "
+                        f"version 2): set {new} instead; nothing was planned or written"
+                    )
             for name in SITE_VARIABLES:
                 value = self._host_var(hv, host, name)
                 if value is None:

@@ -14,7 +14,8 @@ description:
     it is, the planner migrates it in place.
   - Used by the read-only audit (C(verify.yml)) and by C(teardown.yml), which must not
     reshape the plan.
-  - With O(host), only that host's entry is read, from its own file.
+  - With O(host), only that host's entry is read, from its own file. That needs a version 2
+    plan; run the planner once to migrate a version 1 file.
 options:
   _terms:
     description: The plan file (the site file, for example C(inventory_dir/mv6_plan.yml)).

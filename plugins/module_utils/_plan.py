@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import hashlib
 import json
 import os
 import re
@@ -186,6 +187,7 @@ class Site:
         "address_mode",
         "bits",
         "bridge",
+        "dhcp4_pool_given",
         "dhcp4_pool_size",
         "dns",
         "family",
@@ -206,8 +208,7 @@ class Site:
 
     def to_site_block(self) -> dict:
         """The plan's site block: every name the pieces share, and what MV6 owns on a host."""
-        owned_ifaces = [self.bridge, TAP_PREFIX + "*"]
-        return {
+        block = {
             "native_family": self.native_family,
             "parallel_family": self.family,
             "prefix": self.prefix_text,
@@ -220,16 +221,13 @@ class Site:
             "nft_table": self.nft_table,
             "host_guard": self.host_guard,
             "dns": list(self.dns),
-            "owned": {
-                # Created by MV6 (the bridge, the taps) or taken by it (the uplink, L2 only).
-                "interfaces": owned_ifaces + ([self.uplink] if self.uplink else []),
-                "nft_tables": [f"bridge {self.nft_table}", f"inet {self.nft_table}"],
-            },
         }
+        block["owned"] = _owned(block)
+        return block
 
     def default_pool(self, base: int) -> tuple[int, int] | None:
         """(first, last) of the DHCPv4 pool a new IPv4 subnet at base gets, or None."""
-        if self.family != "ipv4" or not self.dhcp4_pool_size:
+        if self.family != "ipv4" or not self.dhcp4_pool_size or self.gateway is not None:
             return None
         last = base + self.host_size - 2
         return last - self.dhcp4_pool_size + 1, last
@@ -255,6 +253,17 @@ class Site:
         if router and self.gateway is None:
             return base + GATEWAY_OFFSET
         return base + FIRST_GUEST_OFFSET + guest_slot
+
+
+def _owned(site: dict) -> dict:
+    """What MV6 owns on every host, from the site block's names: created by MV6 (the bridge,
+    the taps, the tables) or taken by it (the uplink, made L2 only)."""
+    uplink = [site["uplink"]] if site.get("uplink") else []
+    table = site["nft_table"]
+    return {
+        "interfaces": [site["bridge"], site["tap_prefix"] + "*", *uplink],
+        "nft_tables": [f"bridge {table}", f"inet {table}"],
+    }
 
 
 def mac_text(mac: int) -> str:
@@ -454,6 +463,7 @@ def parse_site(native_family: object, parallel: object) -> Site:
             f"/{hpl} leaves room for one guest beside it), got {pool!r}"
         )
     site.dhcp4_pool_size = pool
+    site.dhcp4_pool_given = "dhcp4_pool_size" in parallel
 
     gateway = parallel.get("gateway")
     site.gateway = None
@@ -467,6 +477,11 @@ def parse_site(native_family: object, parallel: object) -> Site:
         _check_in_subnet("mv6_parallel.gateway", gw, site, site.prefix, family)
         site.gateway = gw
 
+    if site.gateway is not None and site.dhcp4_pool_given and site.dhcp4_pool_size:
+        raise ValueError(
+            "mv6_parallel.dhcp4_pool_size: mv6_parallel.gateway is a router outside MV6, and no "
+            "guest may be the router that would serve the pool; leave it out or set 0"
+        )
     dns = parallel.get("dns", [])
     if dns is None:
         dns = []
@@ -721,6 +736,18 @@ def check_plan(plan: object) -> dict:
                 raise ValueError(f"site.{key} is {header.get(key)!r}, not an interface name")
         if not _names.is_nft_name(header["nft_table"]):
             raise ValueError(f"site.nft_table is {header['nft_table']!r}, not an nftables name")
+        # What MV6 owns follows from those names; a hand-edited list could hide native changes.
+        if header["owned"] != _owned(header):
+            raise ValueError(
+                "site.owned is not what the site's bridge, taps, uplink and table give"
+            )
+        if header["layout"] not in LAYOUTS or {
+            header["native_family"],
+            header["parallel_family"],
+        } != set(FAMILIES):
+            raise ValueError("site: the families or the layout are not valid")
+        for server in header["dns"]:
+            _pton(header["parallel_family"], server)
     else:
         raise ValueError(f"version is {version!r}, expected 1 or {PLAN_VERSION}")
     for key in ("native_family", "parallel_family", "prefix", "layout", "address_mode"):
@@ -742,8 +769,10 @@ def check_plan(plan: object) -> dict:
                 raise ValueError(f"hosts.{host}.{key} is missing or not a {kind.__name__}")
         if version == PLAN_VERSION:
             router = entry.get("router", False)
-            if router is not None and not isinstance(router, str):
-                raise ValueError(f"hosts.{host}.router is missing or not a string or null")
+            if router is not None and (
+                not isinstance(router, str) or router not in entry.get("guests", {})
+            ):
+                raise ValueError(f"hosts.{host}.router is missing or not one of its guests or null")
             pool = entry.get("dhcp4_pool", False)
             if pool is not None and not (
                 isinstance(pool, dict)
@@ -753,7 +782,12 @@ def check_plan(plan: object) -> dict:
                 raise ValueError(
                     f"hosts.{host}.dhcp4_pool is missing or not null or a first/last mapping"
                 )
+            if pool is not None:
+                _pton(header["parallel_family"], pool["first"])
+                _pton(header["parallel_family"], pool["last"])
         hslot = entry["slot"]
+        if not 0 <= hslot <= 0xFFFF:
+            raise ValueError(f"hosts.{host}.slot is {hslot}, outside 0 to 65535")
         if hslot in host_slots:
             raise ValueError(f"hosts {host_slots[hslot]} and {host} share slot {hslot}")
         host_slots[hslot] = host
@@ -769,6 +803,8 @@ def check_plan(plan: object) -> dict:
                         f"hosts.{host}.guests.{guest}.{key} is missing or not a {kind.__name__}"
                     )
             gslot = g["slot"]
+            if not 0 <= gslot <= (0xFFFFFFFF if shared else 0xFFFF):
+                raise ValueError(f"hosts.{host}.guests.{guest}.slot is {gslot}, out of range")
             # A MAC is a function of the slots, so unique slots make unique MACs: a MAC that
             # is not its slots' MAC (edited by hand) could collide, and is refused.
             mac = 0x026D << 32 | gslot if shared else 0x026D << 32 | hslot << 16 | gslot
@@ -851,7 +887,7 @@ def _check_same_site(site: Site, previous: dict) -> None:
             raise ValueError(
                 f"{_SITE_VARIABLE[key]}: is {block[key]}, but the plan file was made with "
                 f"{old.get(key)}; changing it would move every allocation. Move the plan "
-                f"file away to renumber on purpose"
+                f"file and its .d directory away to renumber on purpose"
             )
     if v1:
         return  # a version 1 plan names none of them: the inventory's names are taken
@@ -1258,21 +1294,63 @@ def _parse_pool(site: Site, pool: dict | None) -> tuple[int, int] | None:
 
 def _pools(site: Site, in_play: list, host_slot: dict, prev_hosts: dict) -> dict:
     """host -> the DHCPv4 pool (first, last) of its subnet, or None: kept from the plan, else
-    the default one. The allocator hands out no address in it."""
+    the default one. The allocator hands out no address in it. A dhcp4_pool_size given in
+    mv6_parallel resizes a kept pool: smaller always, larger only over free addresses."""
     if site.family != "ipv4":
         return dict.fromkeys(in_play)
     if site.layout == "shared":
         known = [e["dhcp4_pool"] for e in prev_hosts.values()]
-        pool = _parse_pool(site, known[0]) if known else site.default_pool(site.prefix)
+        if not known:
+            return dict.fromkeys(in_play, site.default_pool(site.prefix))
+        taken = {
+            _pton(site.family, g["address"]): f"{h}/{n}"
+            for h, e in prev_hosts.items()
+            for n, g in e["guests"].items()
+        }
+        pool = _resized(site, site.prefix, _parse_pool(site, known[0]), taken)
         return dict.fromkeys(in_play, pool)
     out = {}
     for h in in_play:
         prev = prev_hosts.get(h)
-        if prev is not None:
-            out[h] = _parse_pool(site, prev["dhcp4_pool"])
-        else:
-            out[h] = site.default_pool(site.subnet_base(host_slot[h]))
+        base = site.subnet_base(host_slot[h])
+        if prev is None:
+            out[h] = site.default_pool(base)
+            continue
+        taken = {_pton(site.family, g["address"]): f"{h}/{n}" for n, g in prev["guests"].items()}
+        out[h] = _resized(site, base, _parse_pool(site, prev["dhcp4_pool"]), taken)
     return out
+
+
+def _resized(site: Site, base: int, pool: tuple | None, taken: dict) -> tuple | None:
+    """A kept pool, resized to a dhcp4_pool_size the inventory gives (its top stays below the
+    broadcast address); ValueError when growing it would take a planned address."""
+    size = site.dhcp4_pool_size
+    current = 0 if pool is None else pool[1] - pool[0] + 1
+    if not site.dhcp4_pool_given or size == current or site.gateway is not None:
+        return pool
+    if size == 0:
+        return None
+    last = base + site.host_size - 2 if pool is None else pool[1]
+    first = last - size + 1
+    for addr in range(first, last + 1 if pool is None else pool[0]):
+        if addr in taken:
+            raise ValueError(
+                f"mv6_parallel.dhcp4_pool_size: {size} would put {_text(site.family, addr)} of "
+                f"guest {taken[addr]} into the DHCPv4 pool of {_text(site.family, base)}/"
+                f"{site.host_prefixlen}; planned addresses never move (at most "
+                f"{current + _free_below(first, last if pool is None else pool[0], taken)})"
+            )
+    return first, last
+
+
+def _free_below(first: int, stop: int, taken: dict) -> int:
+    """How many free addresses directly below stop, down to first."""
+    n = 0
+    for addr in range(stop - 1, first - 1, -1):
+        if addr in taken:
+            break
+        n += 1
+    return n
 
 
 _BASES: dict[tuple[bool, int], list[dict]] = {}
@@ -1499,11 +1577,14 @@ def hosts_dir(path: str) -> str:
 
 
 def host_file(host: str) -> str:
-    """A host's file name in hosts_dir(): the host name, quoted so that it is one name."""
-    return urllib.parse.quote(host, safe="") + ".json"
+    """A host's file name in hosts_dir(): the host name, quoted so that it is one name (a
+    name too long for one becomes a hash of it)."""
+    name = urllib.parse.quote(host, safe="")
+    if len(name) > 200:
+        name = "h-" + hashlib.sha256(host.encode()).hexdigest()
+    return name + ".json"
 
 
-_NO_FILES: dict = {}
 _GUEST_JSON = json.JSONEncoder(sort_keys=True, separators=(", ", ": "), ensure_ascii=True).encode
 
 
@@ -1530,7 +1611,7 @@ def _host_text(host: str, entry: dict) -> str:
 
 
 def dump_plan(
-    plan: dict, path: str = "mv6_plan.yml", previous: dict | None = None, files: dict = _NO_FILES
+    plan: dict, path: str = "mv6_plan.yml", previous: dict | None = None, files: dict | None = None
 ) -> dict:
     """The plan's files as {name: text}: "" is the site file, the rest are host files of
     hosts_dir(path). Sorted keys and fixed layouts: same plan, same bytes. previous and files
@@ -1548,7 +1629,7 @@ def dump_plan(
         width=1000,
     )
     header = PLAN_HEADER.format(hosts_dir=os.path.basename(hosts_dir(path)))
-    old = files
+    old = files or {}
     files = {"": header + body}
     for h, entry in plan["hosts"].items():
         name = host_file(h)
@@ -1594,11 +1675,17 @@ def read_plan(path: str) -> tuple[dict | None, dict]:
     is none. A version 1 file is returned as it is (build_plan() and upgrade_plan() migrate
     it). ValueError when anything is corrupt; nothing is changed."""
     text = read_plan_file(path)
-    if text is None:
-        return None, {}
-    data = _load_yaml(text, path)
+    data = None if text is None else _load_yaml(text, path)
     if data is None:
-        return None, {"": text}
+        directory = hosts_dir(path)
+        with contextlib.suppress(OSError):
+            if any(n.endswith(".json") for n in os.listdir(directory)):
+                raise ValueError(
+                    f"mv6_plan_file: {path} is missing or empty, but {directory} holds host "
+                    f"files of a plan; planning now would give their slots again. Restore "
+                    f"{path}, or move {directory} away too to start a new plan"
+                )
+        return None, ({} if text is None else {"": text})
     files = {"": text}
     if isinstance(data, dict) and data.get("version") == PLAN_VERSION:
         index = data.get("hosts")
@@ -1726,6 +1813,8 @@ def write_plan_file(path: str, text: str) -> None:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
+    except OSError as e:
+        raise ValueError(f"mv6_plan_file: cannot write {path} ({e.strerror})") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".mv6_plan.", suffix=".tmp", dir=directory)
     except OSError as e:

@@ -287,6 +287,18 @@ def test_corrupt_plan_file_is_kept(site):
     assert sorted(p.name for p in site.iterdir() if p.name.startswith(".mv6_plan")) == []
 
 
+def test_a_setting_that_moved_into_the_plan_is_refused_before_planning(site):
+    """An inventory of before plan v2 that names its table with the role's old variable:
+    planning (and migrating) with the default name would strand the live table."""
+    write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": [], "mv6_hypervisor_nft_table": "t"})
+    (result,) = play(site, expect_rc=2).values()
+    assert result["msg"] == (
+        "mv6_hypervisor_nft_table: is set for host hv2, but it moved into the plan (plan version "
+        "2): set mv6_parallel.nft_table instead; nothing was planned or written"
+    )
+    assert not (site / "mv6_plan.yml").exists()
+
+
 def test_site_values_must_agree_between_hosts(site):
     write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": [], "mv6_native_family": "ipv6"})
     (result,) = play(site, expect_rc=2).values()

@@ -581,6 +581,59 @@ def test_the_dhcp4_pool_is_reserved_by_the_allocator():
     assert plan("ipv4", V6, {"hv1": [g("a")]})["hosts"]["hv1"]["dhcp4_pool"] is None
 
 
+def test_a_given_pool_size_resizes_kept_pools_and_never_moves_an_address():
+    v4 = {"prefix": "198.51.100.0/24", "host_prefixlen": 26}
+    guests = {"hv1": [g(f"w{i:02d}") for i in range(40)]}
+    first = plan("ipv6", v4, guests)
+    pool = first["hosts"]["hv1"]["dhcp4_pool"]
+    assert pool == {"first": "198.51.100.47", "last": "198.51.100.62"}
+    # without the key the kept pool stays, whatever the default would be now
+    assert plan("ipv6", v4, guests, first)["hosts"]["hv1"]["dhcp4_pool"] == pool
+    smaller = plan("ipv6", {**v4, "dhcp4_pool_size": 8}, guests, first)
+    assert smaller["hosts"]["hv1"]["dhcp4_pool"] == {
+        "first": "198.51.100.55",
+        "last": "198.51.100.62",
+    }
+    assert (
+        plan("ipv6", {**v4, "dhcp4_pool_size": 0}, guests, first)["hosts"]["hv1"]["dhcp4_pool"]
+        is None
+    )
+    larger = plan("ipv6", {**v4, "dhcp4_pool_size": 21}, guests, first)
+    assert larger["hosts"]["hv1"]["dhcp4_pool"]["first"] == "198.51.100.42"
+    with pytest.raises(
+        ValueError,
+        match=r"^mv6_parallel.dhcp4_pool_size: 22 would put 198\.51\.100\.41 of guest hv1/w39 "
+        r".*at most 21\)$",
+    ):
+        plan("ipv6", {**v4, "dhcp4_pool_size": 22}, guests, first)
+    for p in (smaller, larger):
+        assert brief(p) == brief(first)
+    # a shared subnet whose router is outside MV6 (mv6_parallel.gateway) has no pool
+    shared = {"prefix": "198.51.100.0/24", "layout": "shared", "gateway": "198.51.100.254"}
+    assert plan("ipv6", shared, {"hv1": [g("a")]})["hosts"]["hv1"]["dhcp4_pool"] is None
+
+
+def test_a_missing_site_file_beside_host_files_is_refused(tmp_path):
+    path = save(tmp_path, plan("ipv4", V6, {"hv1": [g("a")]}))
+    (tmp_path / "mv6_plan.yml").unlink()
+    with pytest.raises(
+        ValueError, match=r"is missing or empty, but .*mv6_plan\.d holds host files"
+    ):
+        _plan.read_plan(path)
+    (tmp_path / "mv6_plan.yml").write_text("")
+    with pytest.raises(ValueError, match="would give their slots again"):
+        _plan.read_plan(path)
+
+
+def test_a_host_name_too_long_for_a_file_name_gets_a_hashed_one(tmp_path):
+    name = "h" * 251
+    p = plan("ipv4", V6, {name: [g("a")]})
+    path = save(tmp_path, p)
+    (only,) = os.listdir(tmp_path / "mv6_plan.d")
+    assert only.startswith("h-") and len(only) == 2 + 64 + 5
+    assert _plan.read_plan(path)[0] == p
+
+
 def test_site_names_cannot_change_under_a_plan():
     first = plan("ipv4", V6, {"hv1": [g("a")]})
     for key, value in (("bridge", "mv6br1"), ("nft_table", "mv6_other")):
@@ -657,6 +710,24 @@ CORRUPT = [
         "unchanged, fix it or move it away",
     ),
     (
+        "owned-edited",
+        "OWNED",
+        "mv6_plan_file: {path} is corrupt (site.owned is not what the site's bridge, taps, "
+        "uplink and table give); it was kept unchanged, fix it or move it away",
+    ),
+    (
+        "router-not-a-guest",
+        "ROUTER",
+        "mv6_plan_file: {path} is corrupt (hosts.hv1.router is missing or not one of its guests "
+        "or null); it was kept unchanged, fix it or move it away",
+    ),
+    (
+        "slot-out-of-range",
+        "BIG_SLOT",
+        "mv6_plan_file: {path} is corrupt (hosts.hv1.guests.a.slot is 65536, out of range); it "
+        "was kept unchanged, fix it or move it away",
+    ),
+    (
         "host-file-missing",
         "NO_HOST_FILE",
         "mv6_plan_file: {path} is corrupt (host hv2 is in its index but {hosts}/hv2.json is "
@@ -685,6 +756,17 @@ def test_corrupt_plan_file_is_refused(tmp_path, text, message):
         text = good.replace("  hv2: 1\n", "  hv2: 0\n")
         h2 = hosts / "hv2.json"
         h2.write_text(h2.read_text().replace('"slot": 1', '"slot": 0'))
+    elif text == "OWNED":
+        text = good.replace("    - mv6p*\n", "    - '*'\n")
+    elif text == "ROUTER":
+        h1 = hosts / "hv1.json"
+        h1.write_text(h1.read_text().replace('"router": null', '"router": "nope"'))
+        text = good
+    elif text == "BIG_SLOT":
+        h1 = hosts / "hv1.json"
+        # slot 65536 on hv0 with the MAC the per-guest loop would compute for it
+        h1.write_text(h1.read_text().replace('"slot": 0}', '"slot": 65536}'))
+        text = good
     elif text == "NO_HOST_FILE":
         (hosts / "hv2.json").unlink()
         text = good

@@ -647,6 +647,15 @@ CASES = [
         "ipv4 prefix (leave it out or set 0)",
     ),
     (
+        "dhcp4-pool-with-an-outside-gateway",
+        "ipv6",
+        {**V4S, "gateway": "198.51.100.1", "dhcp4_pool_size": 8},
+        {},
+        {},
+        "mv6_parallel.dhcp4_pool_size: mv6_parallel.gateway is a router outside MV6, and no guest "
+        "may be the router that would serve the pool; leave it out or set 0",
+    ),
+    (
         "dhcp4-pool-too-big",
         "ipv6",
         {**V4, "dhcp4_pool_size": 300},
@@ -740,28 +749,29 @@ CHANGED_SITE = [
         {"prefix": "2001:db8:700::/48"},
         "ipv4",
         "mv6_parallel.prefix: is 2001:db8:700::/48, but the plan file was made with "
-        "2001:db8:600::/48; changing it would move every allocation. Move the plan file away "
-        "to renumber on purpose",
+        "2001:db8:600::/48; changing it would move every allocation. Move the plan file and "
+        "its .d directory away to renumber on purpose",
     ),
     (
         {**V6, "address_mode": "sequential"},
         "ipv4",
         "mv6_parallel.address_mode: is sequential, but the plan file was made with eui64; "
-        "changing it would move every allocation. Move the plan file away to renumber on "
-        "purpose",
+        "changing it would move every allocation. Move the plan file and its .d directory away to "
+        "renumber on purpose",
     ),
     (
         {"prefix": "2001:db8:600::/64", "layout": "shared"},
         "ipv4",
         "mv6_parallel.prefix: is 2001:db8:600::/64, but the plan file was made with "
-        "2001:db8:600::/48; changing it would move every allocation. Move the plan file away "
-        "to renumber on purpose",
+        "2001:db8:600::/48; changing it would move every allocation. Move the plan file and "
+        "its .d directory away to renumber on purpose",
     ),
     (
         V4,
         "ipv6",
         "mv6_native_family: is ipv6, but the plan file was made with ipv4; changing it would "
-        "move every allocation. Move the plan file away to renumber on purpose",
+        "move every allocation. Move the plan file and its .d directory away to renumber on "
+        "purpose",
     ),
 ]
 
