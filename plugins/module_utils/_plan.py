@@ -1735,13 +1735,18 @@ def write_plan(path: str, before: dict, after: dict, keep_v1: bool = False) -> l
     directory = hosts_dir(path)
     done = []
     changed = [n for n in sorted(after) if n and after[n] != before.get(n)]
+    try:
+        site_mode = os.stat(path).st_mode & 0o666
+    except OSError:
+        site_mode = 0o644
     if changed:
         try:
             os.makedirs(directory, mode=0o755, exist_ok=True)
         except OSError as e:
             raise ValueError(f"mv6_plan_file: cannot create {directory} ({e.strerror})") from None
     for name in changed:
-        write_plan_file(os.path.join(directory, name), after[name])
+        # A new host file is as private as the site file (an operator's 0600 stays 0600).
+        write_plan_file(os.path.join(directory, name), after[name], site_mode)
         done.append(os.path.join(directory, name))
     if after[""] != before.get(""):
         old = before.get("")
@@ -1806,13 +1811,14 @@ def read_plan_file(path: str) -> str | None:
         ) from None
 
 
-def write_plan_file(path: str, text: str) -> None:
-    """Replace the plan file atomically: a temporary file in the same directory, then rename."""
+def write_plan_file(path: str, text: str, new_mode: int = 0o644) -> None:
+    """Replace the plan file atomically: a temporary file in the same directory, then rename.
+    An existing file keeps its mode; a new one gets new_mode."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        mode = 0o644
+        mode = new_mode
     except OSError as e:
         raise ValueError(f"mv6_plan_file: cannot write {path} ({e.strerror})") from None
     try:

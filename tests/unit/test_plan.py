@@ -613,6 +613,17 @@ def test_a_given_pool_size_resizes_kept_pools_and_never_moves_an_address():
     assert plan("ipv6", shared, {"hv1": [g("a")]})["hosts"]["hv1"]["dhcp4_pool"] is None
 
 
+def test_new_host_files_are_as_private_as_the_site_file(tmp_path):
+    first = plan("ipv4", V6, {"hv1": [g("a")]})
+    path = save(tmp_path, first)
+    os.chmod(path, 0o600)
+    more = plan("ipv4", V6, {"hv2": [g("b")]}, first)
+    _plan.write_plan(path, _plan.read_plan(path)[1], _plan.dump_plan(more, path))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "mv6_plan.d" / "hv2.json").st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "mv6_plan.d" / "hv1.json").st_mode & 0o777 == 0o644
+
+
 def test_a_missing_site_file_beside_host_files_is_refused(tmp_path):
     path = save(tmp_path, plan("ipv4", V6, {"hv1": [g("a")]}))
     (tmp_path / "mv6_plan.yml").unlink()
