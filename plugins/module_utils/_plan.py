@@ -1148,7 +1148,7 @@ def _build_plan(
             name = f"mv6_guests[{index}].address on host {h}"
             a = _parse_address(name, raw, family)
             _check_in_subnet(name, a, site, base, family)
-            kept = prev_guests_of(prev_hosts, h).get(gname, {}).get("address")
+            kept = _prev_guests(prev_hosts, h).get(gname, {}).get("address")
             if pool is not None and pool[0] <= a <= pool[1] and kept != _text(family, a):
                 raise ValueError(
                     f"{name}: {raw} is inside the DHCPv4 pool {_text(family, pool[0])} - "
@@ -1281,7 +1281,7 @@ def _build_plan(
     return {"version": PLAN_VERSION, "site": site.to_site_block(), "hosts": hosts_out}
 
 
-def prev_guests_of(prev_hosts: dict, host: str) -> dict:
+def _prev_guests(prev_hosts: dict, host: str) -> dict:
     entry = prev_hosts.get(host)
     return entry["guests"] if entry is not None else {}
 
