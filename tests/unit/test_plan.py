@@ -775,7 +775,7 @@ def test_corrupt_plan_file_is_refused(tmp_path, text, message):
         text = good
     elif text == "BIG_SLOT":
         h1 = hosts / "hv1.json"
-        # slot 65536 on hv0 with the MAC the per-guest loop would compute for it
+        # a guest slot beyond the 16 bits a per_host MAC holds for it
         h1.write_text(h1.read_text().replace('"slot": 0}', '"slot": 65536}'))
         text = good
     elif text == "NO_HOST_FILE":
