@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 
 from ansible_collections.mv6.transition.plugins.module_utils import _names
 
@@ -22,6 +23,16 @@ SESSION = "session.qcow2"
 SIDECAR_SUFFIX = ".json"
 SIDECAR_KIND = "mv6-guest-disk-backup"
 SIDECAR_VERSION = 1
+JOURNAL = "commit.journal"
+
+QCOW2_MAGIC = b"QFI\xfb"
+# Header extension types (docs/interop/qcow2.txt in QEMU's tree).
+EXT_END = 0x00000000
+EXT_BACKING_FORMAT = 0xE2792ACA
+EXT_DATA_FILE = 0x44415441
+INCOMPAT_DATA_FILE = 1 << 2
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
+MAX_BACKING_NAME = 1023
 
 
 def validate_guest_name(name: str) -> str:
@@ -50,13 +61,208 @@ def is_within(path: str, directory: str) -> bool:
     return os.path.commonpath([real_path, real_dir]) == real_dir and real_path != real_dir
 
 
-def overlay_command(qemu_img: str, overlay: str, backing: str, backing_format: str) -> list[str]:
-    """``qemu-img create`` for a qcow2 overlay; the backing format is always named (-F)."""
+def overlay_command(
+    qemu_img: str, overlay: str, backing: str, backing_format: str, size: int | None = None
+) -> list[str]:
+    """``qemu-img create`` for a qcow2 overlay; the backing format is always named (-F).
+
+    With ``size`` (read from the checked header), ``-u`` keeps qemu-img from opening the
+    backing file at all.
+    """
     if backing_format not in ("qcow2", "raw"):
         raise ValueError(f"backing format {backing_format!r} must be 'qcow2' or 'raw'")
     if not os.path.isabs(backing):
         raise ValueError(f"backing file {backing!r} must be an absolute path")
-    return [qemu_img, "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, overlay]
+    argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format]
+    if size is None:
+        return [*argv, overlay]
+    return [*argv, "-u", overlay, str(int(size))]
+
+
+def read_qcow2_header(path: str) -> dict:
+    """Parse the qcow2 header of ``path`` in Python, without QEMU: the fields that make QEMU
+    open another file (backing file, backing format, external data file) and the size.
+
+    A guest-writable header is hostile input, and ``qemu-img info`` already follows what it
+    names, so the header is read here first. Returns magic_ok, version, size, cluster_bits,
+    crypt_method, backing (str or None), backing_format (str or None), data_file (str or None,
+    also set when only the incompatible feature bit names one).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(104)
+        if len(head) < 72 or head[:4] != QCOW2_MAGIC:
+            return {"magic_ok": False}
+        version, backing_offset, backing_size, cluster_bits, size, crypt = struct.unpack(
+            ">IQIIQI", head[4:36]
+        )
+        if version not in (2, 3):
+            raise ValueError(f"{path}: qcow2 header version {version} is not 2 or 3")
+        if not 9 <= cluster_bits <= 21:
+            raise ValueError(f"{path}: qcow2 header cluster_bits {cluster_bits} is out of range")
+        cluster = 1 << cluster_bits
+        incompatible = autoclear = 0
+        header_length = 72
+        if version == 3:
+            if len(head) < 104:
+                raise ValueError(f"{path}: qcow2 v3 header is truncated")
+            incompatible, _compat, autoclear, _order, header_length = struct.unpack(
+                ">QQQII", head[72:104]
+            )
+            if not 104 <= header_length <= cluster:
+                raise ValueError(f"{path}: qcow2 header_length {header_length} is out of range")
+        info = {
+            "magic_ok": True,
+            "version": version,
+            "size": size,
+            "cluster_bits": cluster_bits,
+            "crypt_method": crypt,
+            "backing": None,
+            "backing_format": None,
+            "data_file": "(named by the incompatible feature bit)"
+            if incompatible & INCOMPAT_DATA_FILE or autoclear & AUTOCLEAR_DATA_FILE_RAW
+            else None,
+        }
+        handle.seek(header_length)
+        offset = header_length
+        while offset + 8 <= cluster:
+            ext = handle.read(8)
+            if len(ext) < 8:
+                break
+            ext_type, ext_len = struct.unpack(">II", ext)
+            if ext_type == EXT_END:
+                break
+            if offset + 8 + ext_len > cluster:
+                raise ValueError(
+                    f"{path}: qcow2 header extension {ext_type:#x} runs past the header"
+                )
+            data = handle.read(ext_len)
+            if ext_type == EXT_BACKING_FORMAT:
+                info["backing_format"] = data.decode("utf-8", "replace")
+            elif ext_type == EXT_DATA_FILE:
+                info["data_file"] = data.decode("utf-8", "replace") or info["data_file"] or "''"
+            padded = (ext_len + 7) & ~7
+            handle.seek(padded - ext_len, os.SEEK_CUR)
+            offset += 8 + padded
+        if backing_offset or backing_size:
+            if backing_size > MAX_BACKING_NAME or backing_offset + backing_size > cluster:
+                raise ValueError(
+                    f"{path}: qcow2 backing file name (offset {backing_offset}, "
+                    f"{backing_size} bytes) lies outside the header"
+                )
+            handle.seek(backing_offset)
+            info["backing"] = handle.read(backing_size).decode("utf-8", "replace")
+    return info
+
+
+def check_header(
+    path: str, header: dict, allowed_backing, what: str, want_backing: bool | None = None
+) -> None:
+    """Refuse a qcow2 header that would make QEMU open a file it should not.
+
+    ``allowed_backing(name)`` says whether an absolute backing file name is acceptable.
+    ``want_backing`` True/False requires a backing file / none. Errors name the file and the
+    header field.
+    """
+    if not header.get("magic_ok"):
+        raise ValueError(f"{what} {path}: not a qcow2 image (field: magic)")
+    if header["data_file"]:
+        raise ValueError(
+            f"{what} {path}: the qcow2 header names an external data file "
+            f"{header['data_file']!r} (field: data-file); refusing to open it"
+        )
+    if header["crypt_method"]:
+        raise ValueError(
+            f"{what} {path}: the qcow2 header asks for encryption method "
+            f"{header['crypt_method']} (field: crypt_method); MV6 layers are not encrypted"
+        )
+    backing = header["backing"]
+    if backing is None:
+        if want_backing:
+            raise ValueError(
+                f"{what} {path}: the qcow2 header names no backing file (field: backing)"
+            )
+        return
+    if want_backing is False:
+        raise ValueError(
+            f"{what} {path}: the qcow2 header names a backing file {backing!r} (field: backing);"
+            " a golden image must be a standalone base"
+        )
+    if "\0" in backing or backing.startswith("json:") or not os.path.isabs(backing):
+        raise ValueError(
+            f"{what} {path}: backing file {backing!r} is not an absolute path (field: backing);"
+            " json: and protocol names are refused"
+        )
+    if os.path.normpath(backing) != backing:
+        raise ValueError(
+            f"{what} {path}: backing file {backing!r} is not a normalised path (field: backing)"
+        )
+    if header["backing_format"] not in ("qcow2", "raw"):
+        raise ValueError(
+            f"{what} {path}: backing format {header['backing_format']!r} must be named as qcow2 "
+            "or raw (field: backing_format); QEMU would otherwise probe it"
+        )
+    if not allowed_backing(backing):
+        raise ValueError(
+            f"{what} {path}: backing file {backing!r} is not the expected file (field: backing)"
+        )
+
+
+def header_chain(path: str, allowed_backing, what: str, depth: int = 4) -> list[dict]:
+    """Walk a chain by its headers alone, top first, refusing anything hostile on the way.
+
+    A raw backing file ends the walk (it has no header to follow).
+    """
+    out = []
+    current, fmt = path, "qcow2"
+    while fmt == "qcow2":
+        if len(out) >= depth:
+            raise ValueError(f"{what} {path}: the backing chain is deeper than {depth} layers")
+        header = read_qcow2_header(current)
+        check_header(current, header, allowed_backing, what if not out else f"backing of {what}")
+        out.append({**header, "filename": current})
+        if header["backing"] is None:
+            break
+        current, fmt = header["backing"], header["backing_format"]
+    return out
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(tmp: str, path: str) -> None:
+    """Rename ``tmp`` over ``path`` so that after a crash either the old or the new file is
+    there, complete: the file's data first, then the rename, then the directory entry."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_durable(path: str, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` through a temporary file and :func:`durable_replace`."""
+    head, tail = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(head, f".{tail}.mv6tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    durable_replace(tmp, path)
+
+
+def remove_durable(path: str) -> None:
+    os.unlink(path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def parse_chain(info_json: str) -> list[dict]:
@@ -183,6 +389,8 @@ def sparse_copy(src: str, dst: str, chunk: int = 1 << 20) -> None:
             else:
                 fout.write(block)
         fout.truncate()
+        fout.flush()
+        os.fsync(fout.fileno())
     shutil.copymode(src, dst)
 
 

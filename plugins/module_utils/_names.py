@@ -33,6 +33,18 @@ NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 NFT_NAME_RULE = "1 to 32 letters, digits or '_', starting with a letter"
 
 
+# A golden image's name: its file name prefix in the images directory, a key of
+# mv6_golden_images and the <mv6:image> of a guest's domain XML.
+IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+IMAGE_NAME_RULE = "1 to 40 lowercase letters, digits, '_' or '-', starting with a letter or digit"
+
+# One word of a guest kernel's command line (it reaches the domain XML and the kernel): no
+# white space, quotes, '<', '>', '&', ';' or control characters, so a word can neither add
+# XML nor split into several parameters.
+KERNEL_WORD = re.compile(r"[A-Za-z0-9_.,:=/+@%-]{1,255}")
+KERNEL_WORD_RULE = "words of letters, digits and _ . , : = / + @ % - separated by single spaces"
+
+
 def is_guest_name(value: object) -> bool:
     return isinstance(value, str) and GUEST_NAME.fullmatch(value) is not None
 
@@ -43,3 +55,14 @@ def is_interface_name(value: object) -> bool:
 
 def is_nft_name(value: object) -> bool:
     return isinstance(value, str) and NFT_NAME.fullmatch(value) is not None
+
+
+def is_image_name(value: object) -> bool:
+    return isinstance(value, str) and IMAGE_NAME.fullmatch(value) is not None
+
+
+def is_kernel_cmdline(value: object) -> bool:
+    """True for words of :data:`KERNEL_WORD` separated by single spaces (or nothing)."""
+    if not isinstance(value, str):
+        return False
+    return value == "" or all(KERNEL_WORD.fullmatch(w) for w in value.split(" "))

@@ -616,7 +616,7 @@ def _columns_ok(guests: list) -> tuple[list, set] | None:
         return None
     if "image" in present:
         values = _column(guests, "image", "x")
-        if set(map(type, values)) != _STR_ONLY or not all(values):
+        if set(map(type, values)) != _STR_ONLY or not all(map(_names.is_image_name, values)):
             return None
     return names, present
 
@@ -664,9 +664,10 @@ def _guest_error(host: str, i: int, g: object) -> None:
                 f"mv6_guests[{i}].{key} {where}: must be one of {', '.join(choices)}, got {v!r}"
             )
     image = g.get("image", "x")
-    if not isinstance(image, str) or not image:
+    if not _names.is_image_name(image):
         raise ValueError(
-            f"mv6_guests[{i}].image {where}: must be a non-empty string, got {image!r}"
+            f"mv6_guests[{i}].image {where}: must be an image name ({_names.IMAGE_NAME_RULE}), "
+            f"got {image!r}"
         )
 
 

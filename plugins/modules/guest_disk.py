@@ -215,28 +215,38 @@ removed:
   elements: str
 """
 
+import grp  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import pwd  # noqa: E402
 import stat  # noqa: E402
+import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.mv6.transition.plugins.module_utils._disk import (  # noqa: E402
+    JOURNAL,
     SIDECAR_SUFFIX,
     backup_sidecar,
     check_commit_target,
+    check_header,
     check_overlay,
+    durable_replace,
     golden_identity,
     guest_paths,
+    header_chain,
     is_within,
     overlay_command,
     parse_chain,
+    read_qcow2_header,
     recipe_sidecar_path,
+    remove_durable,
     same_file,
     sha256_file,
     sparse_copy,
     top_has_data,
     validate_guest_name,
     verify_backup,
+    write_durable,
 )
 
 LAYER_MODE = 0o660
@@ -255,28 +265,76 @@ class GuestDisk:
         self.check_mode = module.check_mode
         self.qemu_img = module.get_bin_path(self.params["qemu_img"], required=True)
         self.paths = guest_paths(self.params["guests_dir"], self.params["name"])
+        self.journal = os.path.join(self.paths["dir"], JOURNAL)
         self.actions: list[str] = []
         self.changed = False
         self.result: dict = {}
+        self.runas = self.qemu_user_prefix()
 
     # --- qemu-img -------------------------------------------------------------------------
-    def run(self, args: list[str], what: str) -> str:
-        rc, out, err = self.module.run_command(args)
+    def qemu_user_prefix(self) -> list[str]:
+        """Run qemu-img as the QEMU user on guest-writable layers (docs/security.md): a header
+        that slipped past the checks can then reach no more than the guest's QEMU could."""
+        if os.geteuid() != 0:
+            return []
+        try:
+            uid = pwd.getpwnam(self.params["owner"]).pw_uid
+        except KeyError as exc:
+            raise DiskError(f"owner: no user {self.params['owner']!r} on this host") from exc
+        if uid == 0:
+            raise DiskError(f"owner: {self.params['owner']} is root; guest layers never are")
+        setpriv = self.module.get_bin_path("setpriv", required=True)
+        return [
+            setpriv,
+            "--reuid",
+            str(uid),
+            "--regid",
+            str(self.group_id()),
+            "--init-groups",
+            "--",
+        ]
+
+    def group_id(self) -> int:
+        group = self.params["group"]
+        try:
+            return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError as exc:
+            raise DiskError(f"group: no group {group!r} on this host") from exc
+
+    def run(self, args: list[str], what: str, as_root: bool = False) -> str:
+        rc, out, err = self.module.run_command(args if as_root else [*self.runas, *args])
         if rc != 0:
             raise DiskError(f"{what} failed (rc={rc}): {err.strip() or out.strip()}")
         return out
 
-    def chain(self, path: str, shared: bool = True) -> list[dict]:
-        """The backing chain of ``path``; ``shared=False`` also proves nobody writes to it."""
-        args = [self.qemu_img, "info", "--output=json", "--backing-chain"]
-        if shared:
-            args.append("-U")
+    def allowed_backing(self, name: str) -> bool:
+        """A layer may be backed only by the guest's own persistent layer, a golden image in
+        the images directory, or the golden image the task names."""
+        golden = self.params["golden"]
+        return (
+            name == self.paths["persistent"]
+            or is_within(name, self.params["images_dir"])
+            or bool(golden and same_file(name, golden))
+        )
+
+    def headers(self, path: str, what: str = "layer") -> list[dict]:
+        """The chain as the headers say, checked before QEMU opens any file of it."""
         try:
-            return parse_chain(self.run([*args, path], f"qemu-img info {path}"))
+            return header_chain(path, self.allowed_backing, what)
+        except (ValueError, OSError) as exc:
+            raise DiskError(str(exc)) from exc
+
+    def chain(self, path: str, as_root: bool = False) -> list[dict]:
+        """The backing chain of ``path``, read by qemu-img once its headers passed."""
+        self.headers(path)
+        args = [self.qemu_img, "info", "--output=json", "--backing-chain", "-U", "-f", "qcow2"]
+        try:
+            return parse_chain(self.run([*args, path], f"qemu-img info {path}", as_root))
         except ValueError as exc:
             raise DiskError(str(exc)) from exc
 
     def dirty(self, path: str) -> bool:
+        self.headers(path)
         out = self.run(
             [self.qemu_img, "map", "-U", "--output=json", "-f", "qcow2", path],
             f"qemu-img map {path}",
@@ -284,8 +342,9 @@ class GuestDisk:
         return top_has_data(out)
 
     def assert_not_in_use(self, path: str) -> None:
+        self.headers(path)
         rc, _out, err = self.module.run_command(
-            [self.qemu_img, "info", "--output=json", "-f", "qcow2", path]
+            [*self.runas, self.qemu_img, "info", "--output=json", "-f", "qcow2", path]
         )
         if rc != 0:
             raise DiskError(
@@ -293,17 +352,31 @@ class GuestDisk:
                 f"{err.strip()}"
             )
 
+    def virtual_size(self, backing: str, backing_format: str) -> int:
+        if backing_format == "raw":
+            return os.path.getsize(backing)
+        return self.headers(backing, "backing file")[0]["size"]
+
     def create_overlay(self, overlay: str, backing: str, backing_format: str) -> None:
-        """Make the overlay under a temporary name, then rename: never a half-made layer."""
+        """Make the overlay under a temporary name, then rename durably: never a half-made
+        layer. The size comes from the checked header and ``-u`` keeps qemu-img from opening
+        the backing file, so no root process opens a guest-writable header."""
         tmp = self.tmp_name(overlay)
         self.remove_quietly(tmp)
         try:
             self.run(
-                overlay_command(self.qemu_img, tmp, backing, backing_format),
+                overlay_command(
+                    self.qemu_img,
+                    tmp,
+                    backing,
+                    backing_format,
+                    self.virtual_size(backing, backing_format),
+                ),
                 f"qemu-img create {overlay}",
+                as_root=True,
             )
             self.set_attributes(tmp, LAYER_MODE)
-            os.replace(tmp, overlay)
+            durable_replace(tmp, overlay)
         finally:
             self.remove_quietly(tmp)
 
@@ -368,14 +441,23 @@ class GuestDisk:
         if os.stat(real).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
             self.module.warn(f"golden image {real} is writable; golden images should be 0444")
         fmt = self.params["golden_format"]
-        info = parse_chain(
+        if fmt == "qcow2":
+            try:
+                check_header(
+                    real,
+                    read_qcow2_header(real),
+                    lambda _n: False,
+                    "golden image",
+                    want_backing=False,
+                )
+            except ValueError as exc:
+                raise DiskError(f"golden: {exc}") from exc
+        parse_chain(
             self.run(
                 [self.qemu_img, "info", "-U", "--output=json", "-f", fmt, real],
                 f"qemu-img info {real}",
             )
         )
-        if fmt == "qcow2" and info[0]["backing"]:
-            raise DiskError(f"golden: {real} has a backing file; a golden image must be a base")
         return real
 
     @staticmethod
@@ -517,11 +599,76 @@ class GuestDisk:
         self.note(f"commit session layer into {target}")
         self.note(f"create session layer anew on {persistent}")
         if not self.check_mode:
-            self.run(
-                [self.qemu_img, "commit", "-q", "-f", "qcow2", "-b", target, session],
-                f"qemu-img commit {session}",
+            self.write_journal("committing")
+            self.commit_session(target)
+
+    # --- the commit journal ---------------------------------------------------------------------
+    # A commit writes the session's clusters into the persistent layer; killed midway, the
+    # persistent layer holds part of them. The journal, written durably before the commit
+    # starts, makes the next operation finish it (the session is kept intact until then: -d)
+    # instead of discarding the session over half a commit.
+    def write_journal(self, stage: str) -> None:
+        record = {
+            "op": "commit",
+            "stage": stage,
+            "session": self.paths["session"],
+            "target": self.paths["persistent"],
+            "time": int(time.time()),
+        }
+        write_durable(self.journal, json.dumps(record, sort_keys=True) + "\n")
+
+    def commit_session(self, target: str) -> None:
+        session, persistent = self.paths["session"], self.paths["persistent"]
+        self.run(
+            [self.qemu_img, "commit", "-q", "-d", "-f", "qcow2", "-b", target, session],
+            f"qemu-img commit {session}",
+        )
+        self.write_journal("committed")
+        self.create_overlay(session, persistent, "qcow2")
+        remove_durable(self.journal)
+
+    def recover(self) -> None:
+        """Finish a commit that a crash interrupted, or refuse by name."""
+        if not os.path.lexists(self.journal):
+            return
+        if os.path.islink(self.journal) or not os.path.isfile(self.journal):
+            raise DiskError(f"{self.journal} is not a regular file; refusing to use it")
+        try:
+            with open(self.journal, encoding="utf-8") as handle:
+                record = json.load(handle)
+            stage = record["stage"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DiskError(
+                f"{self.journal}: an interrupted commit left a journal that cannot be read "
+                f"({exc}); the persistent layer may hold half a commit: check it, restore a "
+                "backup or remove the journal by hand"
+            ) from exc
+        persistent, session = self.paths["persistent"], self.paths["session"]
+        if stage not in ("committing", "committed"):
+            raise DiskError(f"{self.journal}: unknown commit stage {stage!r}")
+        gone = [p for p in (session, persistent) if not os.path.exists(p)]
+        if gone:
+            raise DiskError(
+                f"{self.journal}: a commit was interrupted but {gone[0]} is gone; the "
+                "persistent layer may hold half a commit: restore a backup"
             )
+        if stage == "committing":
+            try:
+                check_overlay(self.chain(session), persistent, "qcow2", "session layer")
+            except ValueError as exc:
+                raise DiskError(
+                    f"{self.journal}: cannot finish the interrupted commit: {exc}"
+                ) from exc
+            self.assert_not_in_use(session)
+            self.assert_not_in_use(persistent)
+            self.note(f"finish the commit of {session} into {persistent} that was interrupted")
+            if not self.check_mode:
+                self.commit_session(persistent)
+            return
+        self.note(f"create session layer anew on {persistent} (the interrupted commit completed)")
+        if not self.check_mode:
             self.create_overlay(session, persistent, "qcow2")
+            remove_durable(self.journal)
 
     def op_discard(self) -> None:
         self.require_persistent()
@@ -571,12 +718,10 @@ class GuestDisk:
             os.chmod(tmp, BACKUP_MODE)
             if sha256_file(tmp) != source_sha:
                 raise DiskError(f"{persistent} changed while it was copied; backup abandoned")
-            with open(tmp_sidecar, "w", encoding="utf-8") as handle:
-                json.dump(sidecar, handle, indent=2, sort_keys=True)
-                handle.write("\n")
-            os.chmod(tmp_sidecar, BACKUP_MODE)
-            os.replace(tmp, backup)
-            os.replace(tmp_sidecar, sidecar_path)
+            durable_replace(tmp, backup)
+            write_durable(
+                sidecar_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n", BACKUP_MODE
+            )
         finally:
             self.remove_quietly(tmp)
             self.remove_quietly(tmp_sidecar)
@@ -612,7 +757,7 @@ class GuestDisk:
             raise DiskError(
                 f"backup {backup} was taken on golden image {backing}, which no longer exists"
             )
-        chain = self.chain(backup)
+        chain = self.chain(backup, as_root=True)
         golden = self.golden_identity(backing)
         golden_param = self.resolve_golden(required=False)
         if golden_param and not same_file(golden_param, backing):
@@ -643,7 +788,7 @@ class GuestDisk:
                     if sha256_file(tmp) != actual:
                         raise DiskError(f"{backup} changed while it was copied; restore abandoned")
                     self.set_attributes(tmp, LAYER_MODE)
-                    os.replace(tmp, persistent)
+                    durable_replace(tmp, persistent)
                 finally:
                     self.remove_quietly(tmp)
             if os.path.exists(self.paths["session"]):
@@ -656,6 +801,11 @@ class GuestDisk:
         persistent, session = self.paths["persistent"], self.paths["session"]
         self.require_persistent()
         problems = []
+        if os.path.lexists(self.journal):
+            problems.append(
+                f"{self.journal}: a commit was interrupted; the next create, commit or discard "
+                "finishes it"
+            )
         chain = self.chain(persistent)
         if not chain[0]["backing"]:
             problems.append(f"persistent layer {persistent} has no backing file")
@@ -673,7 +823,7 @@ class GuestDisk:
             if not os.path.exists(path):
                 continue
             rc, out, err = self.module.run_command(
-                [self.qemu_img, "check", "--output=json", "-f", "qcow2", path]
+                [*self.runas, self.qemu_img, "check", "--output=json", "-f", "qcow2", path]
             )
             try:
                 report = json.loads(out)
@@ -703,7 +853,7 @@ class GuestDisk:
                 f"{directory} resolves to {os.path.realpath(directory)}, outside the guest's own "
                 "directory; refusing to remove anything"
             )
-        candidates = [self.paths["persistent"], self.paths["session"]]
+        candidates = [self.paths["persistent"], self.paths["session"], self.journal]
         candidates += [self.tmp_name(p) for p in candidates]
         doomed = [p for p in candidates if os.path.lexists(p)]
         for path in doomed:
@@ -731,6 +881,8 @@ class GuestDisk:
     def run_op(self) -> dict:
         op = self.params["op"]
         before = self.describe() if os.path.isdir(self.paths["dir"]) else {}
+        if op in ("create", "commit", "discard", "backup", "restore"):
+            self.recover()
         getattr(self, f"op_{op}")()
         if self.check_mode or not os.path.isdir(self.paths["dir"]):
             after = self.predict(before, op)

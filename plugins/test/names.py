@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Jinja tests for the collection's name rules; thin wrappers of module_utils/_names.py
-(documented in guest_name.yml and interface_name.yml)."""
+(documented in guest_name.yml, interface_name.yml, image_name.yml and kernel_cmdline.yml)."""
 
 from __future__ import annotations
 
@@ -14,4 +14,6 @@ class TestModule:
         return {
             "guest_name": _names.is_guest_name,
             "interface_name": _names.is_interface_name,
+            "image_name": _names.is_image_name,
+            "kernel_cmdline": _names.is_kernel_cmdline,
         }

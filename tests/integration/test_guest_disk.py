@@ -41,6 +41,7 @@ PLAYBOOK = """\
         backup: "{{ disk.backup | default(omit) }}"
         guests_dir: "{{ disk.guests_dir }}"
         images_dir: "{{ disk.images_dir }}"
+        qemu_img: "{{ disk.qemu_img | default(omit) }}"
 """
 
 
@@ -61,8 +62,13 @@ def chain(path: Path) -> list[dict]:
 
 def reads(path: Path, pattern: int, offset: str, length: str = "64k") -> bool:
     """True when the guest would read ``pattern`` at ``offset`` through this layer's chain."""
-    proc = sh("qemu-io", "-r", "-U", "-c", f"read -P {pattern:#x} {offset} {length}", path)
-    return "Pattern verification failed" not in proc.stdout + proc.stderr
+    proc = sh(
+        "qemu-io", "-r", "-U", "-c", f"read -P {pattern:#x} {offset} {length}", path, check=False
+    )
+    if "Pattern verification failed" in proc.stdout + proc.stderr:
+        return False
+    assert proc.returncode == 0, f"qemu-io could not read {path}: {proc.stderr}"
+    return True
 
 
 def write(path: Path, pattern: int, offset: str, length: str = "64k") -> None:
@@ -414,3 +420,144 @@ def test_create_keeps_a_guest_on_an_earlier_version_of_its_image(lab):
     assert any("stays on" in w and "earlier version" in w for w in res.get("warnings", []))
     assert chain(lab.layer("t-img-old"))[0]["backing-filename"] == str(v1)
     lab.ok("t-img-old", op="absent")
+
+
+def plant(layer: Path, hostile: Path) -> None:
+    """What a guest's root can do through QEMU: rewrite its own layer's bytes (the file, its
+    owner and its mode stay)."""
+    data = hostile.read_bytes()
+    with open(layer, "r+b") as handle:
+        handle.write(data)
+        handle.truncate()
+
+
+def hostile_data_file(lab, victim: Path, backing: Path) -> Path:
+    """A qcow2 image on ``backing`` whose header names ``victim`` as its external data file."""
+    hostile = lab.root / f"hostile-{victim.name}.qcow2"
+    victim.unlink(missing_ok=True)
+    sh(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        "qcow2",
+        "-o",
+        f"data_file={victim}",
+        hostile,
+        "64M",
+    )
+    # The victim stands for any host file: root's, with content that must not change.
+    victim.write_bytes(os.urandom(1 << 20) * 4)
+    victim.chmod(0o644)
+    return hostile
+
+
+def test_planted_data_file_headers_are_refused_by_every_op(lab):
+    """A layer whose header names a data file: before, commit (run as root) wrote the
+    session's bytes into that file. Now every operation refuses, naming file and field."""
+    lab.ok("t-img-df", golden=lab.golden, persistence="non_persistent")
+    persistent, session = lab.layer("t-img-df"), lab.layer("t-img-df", "session")
+    backup = lab.backups / "t-img-df.qcow2"
+    lab.ok("t-img-df", op="backup", backup=backup)
+    clean = {p: p.read_bytes() for p in (persistent, session)}
+    victim = lab.root / "victim.bin"
+    cases = {
+        session: hostile_data_file(lab, victim, persistent),
+        persistent: hostile_data_file(lab, victim, lab.golden),
+    }
+    victim_sha = sha256(victim)
+    for layer, hostile in cases.items():
+        plant(layer, hostile)
+        ops = [
+            {"op": "commit"},
+            {"op": "discard"},
+            {"op": "create", "golden": lab.golden, "persistence": "non_persistent"},
+            {"op": "check"},
+        ]
+        if layer == persistent:
+            ops.append({"op": "backup", "backup": lab.backups / "t-img-df-2.qcow2"})
+        for args in ops:
+            res = lab.disk("t-img-df", **args)
+            assert res.get("failed"), (layer.name, args, res)
+            assert f"{layer}: the qcow2 header names an external data file" in res["msg"], res[
+                "msg"
+            ]
+            assert "(field: data-file)" in res["msg"]
+            assert sha256(victim) == victim_sha, (layer.name, args)
+        layer.write_bytes(clean[layer])
+    # A planted backup: the sidecar's checksum is made to match, the header still refuses.
+    plant(backup, cases[persistent])
+    sidecar = Path(f"{backup}.json")
+    side = json.loads(sidecar.read_text())
+    side["sha256"] = sha256(backup)
+    sidecar.write_text(json.dumps(side))
+    res = lab.disk("t-img-df", op="restore", backup=backup)
+    assert res.get("failed") and "(field: data-file)" in res["msg"], res
+    assert sha256(victim) == victim_sha
+    assert persistent.read_bytes() == clean[persistent]
+    lab.ok("t-img-df", op="absent")
+
+
+def test_json_and_foreign_backing_names_are_refused(lab):
+    lab.ok("t-img-js", golden=lab.golden, persistence="non_persistent")
+    persistent, session = lab.layer("t-img-js"), lab.layer("t-img-js", "session")
+    shadow = 'json:{"driver":"raw","file":{"driver":"file","filename":"/etc/shadow"}}'
+    other = lab.root / "other.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", other, "64M")
+    for backing, fmt, field in (
+        (shadow, "raw", "is not an absolute path (field: backing)"),
+        (str(other), "qcow2", "is not the expected file (field: backing)"),
+        ("../persistent.qcow2", "qcow2", "is not an absolute path (field: backing)"),
+    ):
+        sh("qemu-img", "rebase", "-u", "-F", fmt, "-b", backing, session)
+        for op in ("commit", "discard", "check"):
+            res = lab.disk("t-img-js", op=op)
+            assert res.get("failed") and field in res["msg"], (backing, op, res)
+    sh("qemu-img", "rebase", "-u", "-F", "qcow2", "-b", persistent, session)
+    lab.ok("t-img-js", op="check")
+    lab.ok("t-img-js", op="absent")
+
+
+KILLER = """#!/bin/sh
+# qemu-img, except that a commit runs at 16 MiB/s and is killed (SIGKILL) after one second.
+if [ "$1" = commit ]; then
+    shift
+    exec timeout -s KILL 1 qemu-img commit -r 16M "$@"
+fi
+exec qemu-img "$@"
+"""
+
+
+def test_commit_killed_midway_is_finished_by_the_next_operation(lab):
+    """Before, the next start's default (discard) threw the session away over a persistent
+    layer holding part of it. Now the journal makes the next operation finish the commit."""
+    lab.ok("t-img-k", golden=lab.golden, persistence="non_persistent")
+    persistent, session = lab.layer("t-img-k"), lab.layer("t-img-k", "session")
+    write(session, 0x5A, "4M", "48M")
+    killer = lab.root / "qemu-img-killed"
+    killer.write_text(KILLER)
+    killer.chmod(0o755)
+
+    res = lab.disk("t-img-k", op="commit", qemu_img=killer)
+    assert res.get("failed") and "qemu-img commit" in res["msg"], res
+    journal = lab.guests / "t-img-k" / "commit.journal"
+    assert json.loads(journal.read_text())["stage"] == "committing"
+    assert not reads(persistent, 0x5A, "4M", "48M"), "the commit was not interrupted midway"
+    res = lab.disk("t-img-k", op="check")
+    assert res.get("failed") and "a commit was interrupted" in res["msg"]
+
+    res = lab.ok("t-img-k", op="discard", check=True)
+    assert any(a.startswith("finish the commit") for a in res["actions"]), res["actions"]
+    assert journal.exists()
+    res = lab.ok("t-img-k", op="discard")
+    assert any(a.startswith("finish the commit") for a in res["actions"]), res["actions"]
+    assert not journal.exists()
+    assert reads(persistent, 0x5A, "4M", "48M")
+    assert reads(persistent, 0xAB, "0", "1M")
+    assert reads(session, 0x5A, "4M", "48M")
+    lab.ok("t-img-k", op="check")
+    lab.ok("t-img-k", op="absent")

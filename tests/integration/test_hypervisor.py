@@ -1327,3 +1327,68 @@ def test_removal_tolerates_vanished_objects(tmp_path):
         Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
         Path(f"/var/lib/mv6/{table}.loaded").unlink(missing_ok=True)
         record.unlink(missing_ok=True)
+
+
+def test_a_native_bridge_is_refused_and_never_deleted(tmp_path):
+    """mv6_parallel.bridge naming a bridge of the native side (an address of the host, a NIC
+    in it) that MV6 did not make: before, preflight took it, the host guard cut the host off
+    it and teardown deleted it. Now the role refuses it by name before any change, and
+    removal leaves it (MV6 has no record of making it)."""
+    playbook = tmp_path / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    bridge, port, table = "t-hvnat0", "t-hvnatp", "t_hv_nat"
+    guest = {"released": False, "mac": "02:6d:76:00:0a:01", "address": "2001:db8:6:a::10"}
+    extra = with_site(
+        {
+            "mv6_native_family": "ipv4",
+            "mv6_parallel": {"bridge": bridge, "uplink": None},
+            "mv6_plan": {
+                "parallel_family": "ipv6",
+                "hosts": {"localhost": {"guests": {"t-hv-ng": {**guest, "port": "t-hvap0"}}}},
+            },
+            "mv6_hypervisor_nft_table": table,
+            "mv6_hypervisor_nft_file": str(tmp_path / f"{table}.nft"),
+            "mv6_hypervisor_accel": "tcg",
+            "mv6_hypervisor_install_packages": False,
+            "mv6_hypervisor_persist": "none",
+            "mv6_hypervisor_port_pattern": "t-hvap*",
+        }
+    )
+    record = Path(f"/var/lib/mv6/bridge-{bridge}.mv6")
+
+    def bridge_state() -> str:
+        return (
+            sh("ip", "-d", "addr", "show", "dev", bridge).stdout
+            + sh("ip", "-o", "link", "show", "master", bridge).stdout
+        )
+
+    try:
+        sh("ip", "link", "add", bridge, "type", "bridge")
+        sh("ip", "link", "add", port, "type", "veth", "peer", "name", "t-hvnatq")
+        sh("ip", "link", "set", port, "master", bridge)
+        sh("ip", "addr", "add", "198.51.100.7/24", "dev", bridge)
+        before = bridge_state()
+        result = run_playbook(playbook, extra)
+        assert result["rc"] != 0
+        flat = json.dumps(result)
+        assert (
+            f"mv6_parallel.bridge: {bridge} exists and was not made by MV6" in flat
+            and "198.51.100.7" in flat
+            and port in flat
+        ), flat[-3000:]
+        assert changed_tasks(result) == []
+        assert bridge_state() == before
+        assert not record.exists()
+        assert sh("nft", "list", "table", "bridge", table, check=False).returncode != 0
+        absent = run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+        assert absent["rc"] == 0, json.dumps(absent)[-3000:]
+        assert "MV6 has no record of making it" in json.dumps(absent)
+        assert bridge_state() == before
+    finally:
+        sh("ip", "link", "del", port, check=False)
+        sh("ip", "link", "del", bridge, check=False)
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, table, check=False)
+        Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
+        Path(f"/var/lib/mv6/{table}.loaded").unlink(missing_ok=True)
+        record.unlink(missing_ok=True)

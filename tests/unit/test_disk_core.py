@@ -146,6 +146,124 @@ def test_parse_chain_real_qemu_img(tmp_path):
     ]
 
 
+def qimg(*argv):
+    subprocess.run(["qemu-img", *map(str, argv)], check=True, timeout=30, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_overlay_command_with_size_does_not_open_the_backing(tmp_path):
+    top = tmp_path / "top.qcow2"
+    argv = _disk.overlay_command("qemu-img", str(top), "/nonexistent/base.qcow2", "qcow2", 1 << 20)
+    assert argv[-3:] == ["-u", str(top), "1048576"]
+    subprocess.run(argv, check=True, timeout=30)
+    assert _disk.read_qcow2_header(str(top))["backing"] == "/nonexistent/base.qcow2"
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_header_of_real_images(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qimg("create", "-q", "-f", "qcow2", base, "2M")
+    qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    assert _disk.read_qcow2_header(str(top)) == {
+        "magic_ok": True,
+        "version": 3,
+        "size": 2 << 20,
+        "cluster_bits": 16,
+        "crypt_method": 0,
+        "backing": str(base),
+        "backing_format": "qcow2",
+        "data_file": None,
+    }
+    walked = _disk.header_chain(str(top), lambda n: n == str(base), "layer")
+    assert [h["filename"] for h in walked] == [str(top), str(base)]
+    v2 = tmp_path / "v2.qcow2"
+    qimg("create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M")
+    assert _disk.read_qcow2_header(str(v2))["version"] == 2
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 4096)
+    assert _disk.read_qcow2_header(str(raw)) == {"magic_ok": False}
+
+
+def hostile(tmp_path, kind):
+    path = tmp_path / f"{kind}.qcow2"
+    base = tmp_path / "base.qcow2"
+    qimg("create", "-q", "-f", "qcow2", base, "1M")
+    if kind == "data_file":
+        qimg("create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'victim'}", path, "1M")
+    elif kind == "json":
+        qimg("create", "-q", "-f", "qcow2", path, "1M")
+        qimg("rebase", "-u", "-F", "raw", "-b", 'json:{"file":{"filename":"/etc/shadow"}}', path)
+    elif kind == "relative":
+        qimg("create", "-q", "-f", "qcow2", path, "1M")
+        qimg("rebase", "-u", "-F", "qcow2", "-b", "base.qcow2", path)
+    elif kind == "dotdot":
+        qimg("create", "-q", "-f", "qcow2", path, "1M")
+        qimg("rebase", "-u", "-F", "qcow2", "-b", f"{tmp_path}/x/../base.qcow2", path)
+    elif kind == "no_format":
+        qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", path)
+        data = bytearray(path.read_bytes())
+        at = data.find(bytes.fromhex("e2792aca"))
+        data[at : at + 4] = bytes.fromhex("12345678")  # an unknown extension: no format named
+        path.write_bytes(bytes(data))
+    elif kind == "other":
+        qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", path)
+    elif kind == "not_qcow2":
+        path.write_bytes(b"KDMV" + b"\0" * 4092)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+@pytest.mark.parametrize(
+    ("kind", "msg"),
+    [
+        (
+            "data_file",
+            "the qcow2 header names an external data file '{d}/victim' (field: data-file)",
+        ),
+        (
+            "json",
+            'backing file \'json:{{"file":{{"filename":"/etc/shadow"}}}}\' is not an '
+            "absolute path (field: backing)",
+        ),
+        ("relative", "backing file 'base.qcow2' is not an absolute path (field: backing)"),
+        ("dotdot", "backing file '{d}/x/../base.qcow2' is not a normalised path (field: backing)"),
+        ("no_format", "backing format None must be named as qcow2 or raw (field: backing_format)"),
+        ("other", "backing file '{d}/base.qcow2' is not the expected file (field: backing)"),
+        ("not_qcow2", "not a qcow2 image (field: magic)"),
+    ],
+)
+def test_hostile_headers_are_refused_by_name(tmp_path, kind, msg):
+    path = hostile(tmp_path, kind)
+    with pytest.raises(ValueError) as err:
+        _disk.header_chain(str(path), lambda _n: False, "session layer")
+    assert str(err.value).startswith(f"session layer {path}: " + msg.format(d=tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_golden_image_must_be_a_base(tmp_path):
+    path = hostile(tmp_path, "other")
+    with pytest.raises(
+        ValueError, match=r"\(field: backing\); a golden image must be a standalone"
+    ):
+        _disk.check_header(
+            str(path),
+            _disk.read_qcow2_header(str(path)),
+            lambda _n: True,
+            "golden image",
+            want_backing=False,
+        )
+
+
+def test_durable_write_and_replace(tmp_path):
+    target = tmp_path / "j.json"
+    _disk.write_durable(str(target), "one\n")
+    _disk.write_durable(str(target), "two\n", 0o644)
+    assert target.read_text() == "two\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.json"]
+    _disk.remove_durable(str(target))
+    assert not target.exists()
+
+
 def test_top_has_data():
     clean = [
         {"start": 0, "length": 1048576, "depth": 2, "present": True, "zero": False, "data": True},

@@ -90,3 +90,45 @@ def test_every_interface_name_rule_agrees(name, valid):
     assert _names.is_interface_name(name) is valid
     assert TESTS["interface_name"](name) is valid
     assert planner_accepts_bridge(name) is valid
+
+
+IMAGES = {
+    "debian12": True,
+    "debian12_v2-x": True,
+    "a" * 40: True,
+    "a" * 41: False,
+    "Debian12": False,
+    "-deb": False,
+    "deb/../x": False,
+    "deb</mv6:image>": False,
+    "": False,
+    None: False,
+}
+
+
+@pytest.mark.parametrize(("name", "valid"), IMAGES.items(), ids=[repr(n) for n in IMAGES])
+def test_image_name_rule(name, valid):
+    assert _names.is_image_name(name) is valid
+    assert TESTS["image_name"](name) is valid
+
+
+CMDLINES = {
+    "": True,
+    "root=/dev/vda console=ttyS0,115200n8 rw": True,
+    "ipv6.disable_ipv6=1 systemd.unit=multi-user.target": True,
+    "quiet  splash": False,  # an empty word
+    " quiet": False,
+    "init=/bin/sh'": False,
+    "a</cmdline></os><devices><interface type='user'/>": False,
+    'x="two words"': False,
+    "a;b": False,
+    "a\nb": False,
+    "a\tb": False,
+    None: False,
+}
+
+
+@pytest.mark.parametrize(("line", "valid"), CMDLINES.items(), ids=[repr(c) for c in CMDLINES])
+def test_kernel_cmdline_rule(line, valid):
+    assert _names.is_kernel_cmdline(line) is valid
+    assert TESTS["kernel_cmdline"](line) is valid

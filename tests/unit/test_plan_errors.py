@@ -419,7 +419,17 @@ CASES = [
         V6,
         {"hv1": [g("a", image="")]},
         {},
-        "mv6_guests[0].image on host hv1: must be a non-empty string, got ''",
+        "mv6_guests[0].image on host hv1: must be an image name (1 to 40 lowercase letters, "
+        "digits, '_' or '-', starting with a letter or digit), got ''",
+    ),
+    (
+        "image-xml",
+        "ipv4",
+        V6,
+        {"hv1": [g("a", image="deb</mv6:image><devices>")]},
+        {},
+        "mv6_guests[0].image on host hv1: must be an image name (1 to 40 lowercase letters, "
+        "digits, '_' or '-', starting with a letter or digit), got 'deb</mv6:image><devices>'",
     ),
     (
         "two-routers-per-host",
