@@ -187,6 +187,70 @@ def test_import_by_path_verifies_sha256(built, work):
     assert again["stats"]["localhost"]["changed"] == 0
 
 
+def test_import_refuses_a_header_that_names_another_file(built, work):
+    """An imported qcow2 whose header names a host file as its external data file: before,
+    qemu-img (as root) passed the import check and convert copied that file into the golden
+    image. Now the import stops at the header, naming file and field; nothing is published."""
+    victim = work / "victim.bin"
+    hostile = work / "hostile.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={victim}", hostile, "8M"],
+        check=True,
+        timeout=60,
+    )
+    victim.write_bytes(os.urandom(1 << 20) * 8)
+    victim_sum = sha256(victim)
+    images_dir = work / "imported-hostile"
+    item = {"name": "hostile", "src": str(hostile), "sha256": sha256(hostile)}
+    extra = {
+        "mv6_golden_image_dir": str(images_dir),
+        "mv6_golden_image_build_dir": str(work / "build-hostile"),
+        "mv6_golden_image_recipes": [],
+        "mv6_golden_image_imports": [item],
+    }
+    result = run_playbook(built["playbook"], extra)
+    assert result["rc"] != 0
+    assert any(
+        f"{hostile}: the qcow2 header names an external data file '{victim}' (field: data-file)"
+        in f
+        for f in failures(result)
+    ), failures(result)
+    assert not list(images_dir.glob("*.qcow2*")), list(images_dir.iterdir())
+    assert sha256(victim) == victim_sum
+
+
+@pytest.mark.parametrize("planted", ["symlink", "foreign"])
+def test_a_planted_build_directory_is_refused(built, work, planted):
+    """/var/tmp is everyone's: a build directory someone else made first (a symlink to their
+    own directory, or a directory they own) is refused by name, and nothing is imported."""
+    image = built["facts"]["debian12"]
+    theirs = work / f"theirs-{planted}"
+    theirs.mkdir()
+    build_dir = work / f"planted-{planted}"
+    if planted == "symlink":
+        build_dir.symlink_to(theirs)
+    else:
+        build_dir.mkdir()
+        os.chown(build_dir, 65534, 65534)
+    extra = {
+        "mv6_golden_image_dir": str(work / f"imported-{planted}"),
+        "mv6_golden_image_build_dir": str(build_dir),
+        "mv6_golden_image_recipes": [],
+        "mv6_golden_image_imports": [
+            {"name": "planted", "src": image["path"], "sha256": image["sha256"]}
+        ],
+    }
+    result = run_playbook(built["playbook"], extra)
+    assert result["rc"] != 0
+    what = "a symlink" if planted == "symlink" else "owned by uid 65534"
+    assert any(
+        f"mv6_golden_image_build_dir: {build_dir} exists but is {what}" in " ".join(f.split())
+        for f in failures(result)
+    ), failures(result)
+    assert list(theirs.iterdir()) == []
+    assert not list((work / f"imported-{planted}").glob("*.qcow2"))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

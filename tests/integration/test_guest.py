@@ -156,6 +156,24 @@ def lab():
                                     "port": "t-gstp1",
                                     "router": False,
                                 },
+                                "t-gst-keep": {
+                                    "slot": 2,
+                                    "released": False,
+                                    "mac": "02:6d:76:6a:00:0e",
+                                    "address": "2001:db8:6a00::e",
+                                    "prefixlen": 64,
+                                    "port": "t-gstp2",
+                                    "router": False,
+                                },
+                                "t-gst-foreign": {
+                                    "slot": 3,
+                                    "released": False,
+                                    "mac": "02:6d:76:6a:00:0f",
+                                    "address": "2001:db8:6a00::f",
+                                    "prefixlen": 64,
+                                    "port": "t-gstp3",
+                                    "router": False,
+                                },
                             },
                         }
                     },
@@ -323,6 +341,79 @@ def test_absent_removes_the_guest_and_keeps_the_golden_image(lab):
     assert oct(Path(lab["image"]["path"]).stat().st_mode & 0o777) == "0o444"
     rc, out, recap = run(lab, [dict(GUEST_ITEM, state="absent")])
     assert rc == 0 and recap["changed"] == 0, out[-4000:]
+
+
+FOREIGN_XML = """<domain type='qemu'>
+  <name>t-gst-foreign</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+</domain>
+"""
+
+
+def test_a_domain_mv6_did_not_make_is_left_alone(lab):
+    """A libvirt domain that has a planned guest's name but no <mv6:guest> metadata: before,
+    `state: absent` destroyed and undefined it, and a running guest redefined it."""
+    xml_file = WORK / "foreign.xml"
+    xml_file.write_text(FOREIGN_XML)
+    sh("virsh", "-q", "-c", URI, "define", str(xml_file))
+    try:
+        before = sh("virsh", "-c", URI, "dumpxml", "--inactive", "t-gst-foreign").stdout
+        for item in ({"name": "t-gst-foreign", "state": "absent"}, {"name": "t-gst-foreign"}):
+            rc, out, _recap = run(lab, [item])
+            assert rc != 0
+            flat = " ".join(out.split())
+            assert (
+                "libvirt domain(s) t-gst-foreign exist but were not made by mv6.transition" in flat
+            )
+            after = sh("virsh", "-c", URI, "dumpxml", "--inactive", "t-gst-foreign").stdout
+            assert after == before, item
+        assert not (WORK / "guests" / "t-gst-foreign").exists()
+    finally:
+        sh("virsh", "-q", "-c", URI, "undefine", "t-gst-foreign", check=False)
+
+
+def test_a_golden_rebuild_keeps_a_guest_on_its_own_chain(lab):
+    """A persistent guest made on version 1 of its image, then the image rebuilt (version 2,
+    same recipe name): guest_disk keeps the guest on version 1, and the domain's backing
+    chain must say so. Before, the XML named version 2: the guest would read its changes
+    over another base. Here the data it wrote reads back after the next start."""
+    images = WORK / "images"
+    images.mkdir(exist_ok=True)
+    images.chmod(0o755)
+    versions = {}
+    for version in ("v1", "v2"):
+        path = images / f"debian12-{version}.qcow2"
+        if not path.exists():
+            os.link(lab["image"]["path"], path)
+        (images / f"debian12-{version}.recipe.json").write_text(
+            json.dumps({"name": "debian12", "version": version})
+        )
+        versions[version] = dict(lab["image"], path=str(path))
+    item = {"name": "t-gst-keep", "persistence": "persistent", "memory_mib": 384}
+    try:
+        rc, out, _recap = run(lab, [item], mv6_guest_images={"debian12": versions["v1"]})
+        assert rc == 0, out[-4000:]
+        code, _out = guest_exec(
+            "t-gst-keep", "/bin/sh", "-c", "echo kept > /root/t-gst-kept && sync"
+        )
+        assert code == 0
+        rc, out, _recap = run(
+            lab, [dict(item, state="stopped")], mv6_guest_images={"debian12": versions["v1"]}
+        )
+        assert rc == 0, out[-4000:]
+        rc, out, _recap = run(lab, [item], mv6_guest_images={"debian12": versions["v2"]})
+        assert rc == 0, out[-4000:]
+        assert "stays on" in out and "earlier version" in " ".join(out.split())
+        xml = sh("virsh", "-c", URI, "dumpxml", "--inactive", "t-gst-keep").stdout
+        assert f"<source file='{versions['v1']['path']}'/>" in xml, xml
+        assert versions["v2"]["path"] not in xml
+        assert guest_exec("t-gst-keep", "/bin/cat", "/root/t-gst-kept") == (0, "kept\n")
+    finally:
+        rc, out, _recap = run(
+            lab, [dict(item, state="absent")], mv6_guest_images={"debian12": versions["v1"]}
+        )
+        assert rc == 0, out[-4000:]
 
 
 def test_other_tags_skip_the_role(tmp_path):

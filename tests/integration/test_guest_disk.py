@@ -561,3 +561,48 @@ def test_commit_killed_midway_is_finished_by_the_next_operation(lab):
     assert reads(session, 0x5A, "4M", "48M")
     lab.ok("t-img-k", op="check")
     lab.ok("t-img-k", op="absent")
+
+
+PUBLISH = """\
+- name: Publish one image
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: image_file
+      mv6.transition.image_file:
+        op: publish
+        path: "{{ src }}"
+        dest: "{{ dest }}"
+        marker: "{{ marker }}"
+"""
+
+
+def test_publish_never_replaces_a_complete_image(lab):
+    """A golden image was published with `mv -f`: a second build of the same version replaced
+    the file that guests' overlays were backed by. Now the same content is no change, other
+    content is refused, and only a publish that never completed (no sidecar) is replaced."""
+    playbook = lab.root / "publish.yml"
+    playbook.write_text(PUBLISH)
+    dest, marker = lab.images / "pub-1.qcow2", lab.images / "pub-1.recipe.json"
+
+    def publish(content: bytes) -> dict:
+        src = lab.images / "pub-1.qcow2.tmp"
+        src.write_bytes(content)
+        result = run_playbook(playbook, {"src": str(src), "dest": str(dest), "marker": str(marker)})
+        return result["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+    first = publish(b"one" * 1000)
+    assert first["changed"] and not first.get("failed"), first
+    assert dest.read_bytes() == b"one" * 1000 and dest.stat().st_mode & 0o777 == 0o444
+    # Not complete yet (no sidecar): an interrupted publish is replaced.
+    second = publish(b"two" * 1000)
+    assert second["changed"] and dest.read_bytes() == b"two" * 1000, second
+    marker.write_text("{}")
+    inode = dest.stat().st_ino
+    same = publish(b"two" * 1000)
+    assert not same["changed"] and not same.get("failed"), same
+    other = publish(b"six" * 1000)
+    assert other.get("failed") and "is never replaced" in other["msg"], other
+    assert dest.read_bytes() == b"two" * 1000 and dest.stat().st_ino == inode
+    for path in (dest, marker, lab.images / "pub-1.qcow2.tmp"):
+        path.unlink(missing_ok=True)

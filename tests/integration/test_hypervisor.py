@@ -1392,3 +1392,158 @@ def test_a_native_bridge_is_refused_and_never_deleted(tmp_path):
         Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
         Path(f"/var/lib/mv6/{table}.loaded").unlink(missing_ok=True)
         record.unlink(missing_ok=True)
+
+
+LOCK_TASK = "mv6.transition.hypervisor : Take this network's lock on the host"
+
+
+def lock_site(tmp_path, n: int) -> tuple[dict, str, str]:
+    """A host's parallel side of its own (bridge t-hvlkN, table t_hv_lkN) for the lock tests."""
+    bridge, table = f"t-hvlk{n}", f"t_hv_lk{n}"
+    guest = {"released": False, "mac": f"02:6d:76:00:0b:0{n}", "address": f"2001:db8:6:b::{n}"}
+    extra = with_site(
+        {
+            "mv6_parallel": {"bridge": bridge, "uplink": None},
+            "mv6_plan": {
+                "parallel_family": "ipv6",
+                "hosts": {
+                    "localhost": {"guests": {f"t-hv-lk{n}": {**guest, "port": f"t-hvk{n}p0"}}}
+                },
+            },
+            "mv6_hypervisor_nft_table": table,
+            "mv6_hypervisor_nft_file": str(tmp_path / f"{table}.nft"),
+            "mv6_hypervisor_accel": "tcg",
+            "mv6_hypervisor_install_packages": False,
+            "mv6_hypervisor_persist": "none",
+            "mv6_hypervisor_port_pattern": f"t-hvk{n}p*",
+        }
+    )
+    return extra, bridge, table
+
+
+def remove_lock_site(playbook, extra, bridge, table) -> None:
+    run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+    sh("ip", "link", "del", bridge, check=False)
+    for family in ("bridge", "inet"):
+        sh("nft", "delete", "table", family, table, check=False)
+    for path in (
+        f"/etc/sysctl.d/60-mv6-{bridge}.conf",
+        f"/var/lib/mv6/{table}.loaded",
+        f"/var/lib/mv6/bridge-{bridge}.mv6",
+        f"/run/mv6/locks/net-{bridge}.lock",
+        f"/run/mv6/locks/net-{bridge}.guard",
+    ):
+        Path(path).unlink(missing_ok=True)
+
+
+def test_two_concurrent_runs_take_turns_and_converge_once(tmp_path):
+    """Two runs of the role on one network at once: before, both changed the bridge and the
+    tables at the same time. Now the second waits for the first's lock; both succeed and
+    the host is as after one run (a third run changes nothing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    extra, bridge, table = lock_site(tmp_path, 1)
+    books = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        books.append(tmp_path / name / "hv.yml")
+        books[-1].write_text(PLAYBOOK)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda book: run_playbook(book, extra), books))
+        for run in runs:
+            assert run["rc"] == 0, json.dumps(run)[-3000:]
+        waited = [r.get("waited", 0) for run in runs for r in task_results(run, LOCK_TASK)]
+        assert len(waited) == 2 and max(waited) >= 1, waited
+        third = run_playbook(books[0], extra)
+        assert third["rc"] == 0 and changed_tasks(third) == [], changed_tasks(third)
+        assert not Path(f"/run/mv6/locks/net-{bridge}.lock").exists()
+    finally:
+        remove_lock_site(books[0], extra, bridge, table)
+
+
+HOLD = """\
+- name: Hold a network's lock
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Take it
+      mv6.transition.host_lock:
+        name: "{{ lock }}"
+        holder: t-hv lock holder
+    - name: Say it is held
+      ansible.builtin.copy:
+        content: "held\\n"
+        dest: "{{ flag }}"
+        mode: "0644"
+    - name: Keep it
+      ansible.builtin.pause:
+        seconds: 300
+"""
+
+
+def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(tmp_path):
+    from conftest import REPO, VENV_BIN
+
+    extra, bridge, table = lock_site(tmp_path, 2)
+    playbook = tmp_path / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    hold = tmp_path / "hold.yml"
+    hold.write_text(HOLD)
+    flag = tmp_path / "held"
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+    )
+    holder = subprocess.Popen(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            str(hold),
+            "-e",
+            f"ansible_python_interpreter={VENV_BIN / 'python'}",
+            "-e",
+            f"lock=net-{bridge}",
+            "-e",
+            f"flag={flag}",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
+            time.sleep(0.5)
+        before = native_snapshot()
+        refused = run_playbook(playbook, {**extra, "mv6_hypervisor_lock_timeout": 3})
+        assert refused["rc"] != 0
+        flat = " ".join(json.dumps(refused).split())
+        assert (
+            f"lock net-{bridge} on this host is held by another mv6 run (holder t-hv lock holder"
+            in flat
+        )
+        assert "waited 3 s (timeout). Nothing was changed." in flat
+        assert changed_tasks(refused) == []
+        assert sh("ip", "link", "show", bridge, check=False).returncode != 0
+        assert native_snapshot() == before
+        # The holder dies without releasing (a controller killed): its lock goes with it.
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        taken = run_playbook(playbook, {**extra, "mv6_hypervisor_lock_timeout": 3})
+        assert taken["rc"] == 0, json.dumps(taken)[-3000:]
+        (lock,) = task_results(taken, LOCK_TASK)
+        assert lock["previous"]["holder"] == "t-hv lock holder"
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait(timeout=30)
+        remove_lock_site(playbook, extra, bridge, table)
