@@ -79,6 +79,15 @@ def overlay_command(
     return [*argv, "-u", overlay, str(int(size))]
 
 
+def header_text(path: str, data: bytes, field: str) -> str:
+    """A name from a qcow2 header, exactly as QEMU will use it: bytes that are not UTF-8
+    would be checked here as one name and opened by QEMU as another, so they are refused."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: qcow2 header {field} is not valid UTF-8 ({exc})") from exc
+
+
 def read_qcow2_header(path: str) -> dict:
     """Parse the qcow2 header of ``path`` in Python, without QEMU: the fields that make QEMU
     open another file (backing file, backing format, external data file) and the size.
@@ -122,24 +131,33 @@ def read_qcow2_header(path: str) -> dict:
             if incompatible & INCOMPAT_DATA_FILE or autoclear & AUTOCLEAR_DATA_FILE_RAW
             else None,
         }
+        # QEMU reads header extensions up to the backing file name when there is one, else to
+        # the end of the first cluster: read exactly what it reads.
+        ext_end = backing_offset if backing_offset else cluster
+        if backing_offset and not header_length <= backing_offset <= cluster:
+            raise ValueError(
+                f"{path}: qcow2 backing_file_offset {backing_offset} lies outside the header"
+            )
         handle.seek(header_length)
         offset = header_length
-        while offset + 8 <= cluster:
+        while offset + 8 <= ext_end:
             ext = handle.read(8)
             if len(ext) < 8:
                 break
             ext_type, ext_len = struct.unpack(">II", ext)
             if ext_type == EXT_END:
                 break
-            if offset + 8 + ext_len > cluster:
+            if offset + 8 + ext_len > ext_end:
                 raise ValueError(
                     f"{path}: qcow2 header extension {ext_type:#x} runs past the header"
                 )
             data = handle.read(ext_len)
             if ext_type == EXT_BACKING_FORMAT:
-                info["backing_format"] = data.decode("utf-8", "replace")
+                info["backing_format"] = header_text(path, data, "backing format")
             elif ext_type == EXT_DATA_FILE:
-                info["data_file"] = data.decode("utf-8", "replace") or info["data_file"] or "''"
+                info["data_file"] = (
+                    header_text(path, data, "data file") or info["data_file"] or "''"
+                )
             padded = (ext_len + 7) & ~7
             handle.seek(padded - ext_len, os.SEEK_CUR)
             offset += 8 + padded
@@ -150,7 +168,7 @@ def read_qcow2_header(path: str) -> dict:
                     f"{backing_size} bytes) lies outside the header"
                 )
             handle.seek(backing_offset)
-            info["backing"] = handle.read(backing_size).decode("utf-8", "replace")
+            info["backing"] = header_text(path, handle.read(backing_size), "backing file name")
     return info
 
 

@@ -665,6 +665,9 @@ class GuestDisk:
             if not self.check_mode:
                 self.commit_session(persistent)
             return
+        # The session is replaced here: a guest still running on it (started by hand after
+        # the crash) would lose what it wrote since.
+        self.assert_not_in_use(session)
         self.note(f"create session layer anew on {persistent} (the interrupted commit completed)")
         if not self.check_mode:
             self.create_overlay(session, persistent, "qcow2")

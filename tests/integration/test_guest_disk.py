@@ -7,6 +7,7 @@ be checked); the whole directory is removed at the end, also on failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -375,13 +376,11 @@ def test_absent_removes_only_its_own_files(lab):
     assert {p: sha256(p) for p in (lab.guests / "t-img-y").iterdir()} == sibling
 
 
-def test_layers_in_use_are_not_touched(lab):
-    lab.ok("t-img-u", golden=lab.golden, persistence="non_persistent")
-    session = lab.layer("t-img-u", "session")
-    write(session, 0x42, "2M")
-    # qemu-io holding the session open for writing stands in for a running guest's QEMU.
+@contextlib.contextmanager
+def held(layer: Path):
+    """qemu-io holding ``layer`` open for writing: it stands in for a running guest's QEMU."""
     holder = subprocess.Popen(
-        ["qemu-io", "-f", "qcow2", str(session)],
+        ["qemu-io", "-f", "qcow2", str(layer)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -389,22 +388,64 @@ def test_layers_in_use_are_not_touched(lab):
     try:
         # Wait for QEMU's OFD locks on the file to show in /proc/locks. Probing with a locking
         # qemu-img would race the holder's own open: either could then fail on the other's lock.
-        inode = re.compile(rf"^\d+: OFDLCK .* [0-9a-f]+:[0-9a-f]+:{session.stat().st_ino} ", re.M)
+        inode = re.compile(rf"^\d+: OFDLCK .* [0-9a-f]+:[0-9a-f]+:{layer.stat().st_ino} ", re.M)
         deadline = time.monotonic() + 30
         while not inode.search(Path("/proc/locks").read_text()):
             assert holder.poll() is None, f"qemu-io exited early (rc={holder.returncode})"
             assert time.monotonic() < deadline, "qemu-io did not take the image lock in 30 s"
             time.sleep(0.2)
-        assert sh("qemu-img", "info", session, check=False).returncode != 0, "image not locked"
+        assert sh("qemu-img", "info", layer, check=False).returncode != 0, "image not locked"
+        yield
+    finally:
+        holder.communicate(b"quit\n", timeout=10)
+
+
+IN_USE = "cannot be opened for a consistent read (is the guest running?)"
+
+
+def test_layers_in_use_are_not_touched(lab):
+    lab.ok("t-img-u", golden=lab.golden, persistence="non_persistent")
+    session = lab.layer("t-img-u", "session")
+    write(session, 0x42, "2M")
+    with held(session):
         for op in ("discard", "commit"):
             res = lab.disk("t-img-u", op=op)
             assert res["failed"], op
-            assert "cannot be opened for a consistent read (is the guest running?)" in res["msg"]
+            assert IN_USE in res["msg"]
         assert reads(session, 0x42, "2M")
-    finally:
-        holder.communicate(b"quit\n", timeout=10)
     assert lab.ok("t-img-u", op="discard")["changed"] is True
     lab.ok("t-img-u", op="absent")
+
+
+def test_a_completed_commit_is_not_finished_over_a_session_in_use(lab):
+    """A crash after the commit, before the new session: the journal says 'committed' and the
+    next operation makes the session anew. Before, it did so even while a guest (started by
+    hand after the crash) ran on that session, losing what the guest wrote since."""
+    lab.ok("t-img-c", golden=lab.golden, persistence="non_persistent")
+    session = lab.layer("t-img-c", "session")
+    journal = lab.guests / "t-img-c" / "commit.journal"
+    journal.write_text(
+        json.dumps(
+            {
+                "op": "commit",
+                "stage": "committed",
+                "session": str(session),
+                "target": str(lab.layer("t-img-c")),
+                "time": int(time.time()),
+            }
+        )
+    )
+    write(session, 0x37, "2M")
+    with held(session):
+        res = lab.disk("t-img-c", op="discard")
+        assert res["failed"] and IN_USE in res["msg"], res
+        assert journal.exists()
+        assert reads(session, 0x37, "2M")
+    res = lab.ok("t-img-c", op="discard")
+    assert any(a.startswith("create session layer anew") for a in res["actions"]), res["actions"]
+    assert not journal.exists()
+    assert not reads(session, 0x37, "2M")
+    lab.ok("t-img-c", op="absent")
 
 
 def test_create_keeps_a_guest_on_an_earlier_version_of_its_image(lab):

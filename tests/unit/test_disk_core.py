@@ -444,3 +444,29 @@ def test_sparse_copy_keeps_holes_and_bytes(tmp_path):
     assert _disk.sha256_file(str(dst)) == _disk.sha256_file(str(src))
     assert dst.stat().st_size == src.stat().st_size
     assert dst.stat().st_blocks * 512 < 4 << 20  # 64 MiB apparent, a few KiB on disk
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_header_names_that_are_not_utf8_are_refused(tmp_path):
+    """A name checked after a lossy decode is not the name QEMU opens: refused, by field."""
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qimg("create", "-q", "-f", "qcow2", base, "1M")
+    qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    data = bytearray(top.read_bytes())
+    at = data.find(bytes(str(base), "utf-8"))
+    data[at + len(str(tmp_path)) + 1] = 0xFF
+    top.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"qcow2 header backing file name is not valid UTF-8"):
+        _disk.read_qcow2_header(str(top))
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_backing_offset_inside_the_fixed_header_is_refused(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qimg("create", "-q", "-f", "qcow2", base, "1M")
+    qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    data = bytearray(top.read_bytes())
+    data[8:16] = (16).to_bytes(8, "big")  # backing_file_offset into the header's own fields
+    top.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"backing_file_offset 16 lies outside the header"):
+        _disk.read_qcow2_header(str(top))
