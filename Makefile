@@ -41,7 +41,7 @@ unit:
 
 integration:
 	@if compgen -G 'tests/integration/test_*.py' >/dev/null; then \
-	  timeout 2700 $(BIN)/pytest tests/integration; \
+	  timeout 3000 $(BIN)/pytest tests/integration --durations=15; \
 	else echo "no integration tests yet"; fi
 
 # ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of

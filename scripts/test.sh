@@ -41,19 +41,56 @@ stop_fleet() { # the fleet's run is still going: stop it and take the fleet down
     timeout 300 bash scripts/fleet.sh down >>"$fleet_log" 2>&1 || true
   fi
   fleet_pid=""
+  remove_fleet_cgroup
 }
 trap stop_fleet EXIT
 trap 'exit 130' INT TERM
 
+# The fleet's share of the CPU. nice(1) alone does not give one: with the kernel's autogroup
+# scheduling (sched_autogroup_enabled=1 here), every session is scheduled as one entity at the
+# same weight, and a nice value only counts among its own session's processes. The fleet is
+# many sessions (setsid below, and inside each container every systemd service, SSH login and
+# QEMU), so it took most of both cores whatever its nice value, and the integration tier ran
+# three times slower beside it than alone. A CPU cgroup of its own makes the whole fleet one
+# entity of weight MV6_TEST_FLEET_SHARES (1024 is an equal share) against the other tiers; it
+# still takes all the CPU they leave idle. Without a usable cgroup, nice and the session's
+# autogroup nice are the fallback. docs/testing.md, "The whole run".
+fleet_cgroup=""
+fleet_cpu_share() { # prints the cgroup's procs file, or nothing
+  local shares=${MV6_TEST_FLEET_SHARES:-256} dir
+  if [[ -d /sys/fs/cgroup/cpu && -f /sys/fs/cgroup/cpu/cpu.shares ]]; then # cgroup v1
+    dir=/sys/fs/cgroup/cpu/mv6-test-fleet
+    mkdir -p "$dir" 2>/dev/null && echo "$shares" >"$dir/cpu.shares" 2>/dev/null || return 0
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then # cgroup v2
+    dir=/sys/fs/cgroup/mv6-test-fleet
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null \
+      || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || return 0
+    mkdir -p "$dir" 2>/dev/null && echo $((shares * 100 / 1024)) >"$dir/cpu.weight" 2>/dev/null \
+      || return 0
+  else
+    return 0
+  fi
+  echo "$dir/cgroup.procs"
+}
+remove_fleet_cgroup() { # once the fleet has stopped; a cgroup with tasks left is kept
+  [[ -n $fleet_cgroup ]] || return 0
+  rmdir "$fleet_cgroup" 2>/dev/null || stamp "kept $fleet_cgroup: tasks are still in it"
+  fleet_cgroup=""
+}
+
 if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
   stamp "fleet scenario started beside the other tiers; its log: $fleet_log"
-  # A session of its own, so that it can be stopped as a whole (stop_fleet). Niced, with
-  # everything it starts (its containers, their libvirtd and guests inherit it), so that the
-  # fleet's many TCG and Ansible threads yield the cores to the other tiers. Measured once, it
-  # did not make the integration tier faster (docs/testing.md, "The whole run").
-  # shellcheck disable=SC2016 # $1 and $2 expand in the inner shell
+  procs=$(fleet_cpu_share)
+  [[ -n $procs ]] && fleet_cgroup=${procs%/cgroup.procs}
+  stamp "the fleet's CPU: ${fleet_cgroup:-no cgroup (nice and autogroup nice only)}"
+  # A session of its own, so that it can be stopped as a whole (stop_fleet); in its CPU
+  # cgroup before it starts anything, so that everything it starts (the containers, their
+  # libvirtd and guests) is in it too.
+  # shellcheck disable=SC2016 # $1 to $3 expand in the inner shell
   MV6_FLEET_SHARED_MACHINE=1 nice -n "${MV6_TEST_FLEET_NICE:-10}" setsid bash -c \
-    'make molecule SCENARIOS=fleet >"$1" 2>&1; echo $? >"$2"' _ "$fleet_log" "$logs/fleet.rc" &
+    'if [[ -n $3 ]]; then echo $$ >"$3"; fi
+     echo "${MV6_TEST_FLEET_NICE:-10}" >/proc/self/autogroup 2>/dev/null || true
+     make molecule SCENARIOS=fleet >"$1" 2>&1; echo $? >"$2"' _ "$fleet_log" "$logs/fleet.rc" "$procs" &
   fleet_pid=$!
 fi
 
@@ -81,6 +118,7 @@ if [[ -n $fleet_pid ]]; then
   stamp "waiting for the fleet scenario"
   wait "$fleet_pid"
   fleet_pid=""
+  remove_fleet_cgroup
   fleet_rc=$(cat "$logs/fleet.rc" 2>/dev/null || echo 1)
   grep -a '^=== molecule scenario' "$fleet_log" || true
   if [[ $fleet_rc != 0 ]]; then
