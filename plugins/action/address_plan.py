@@ -15,13 +15,14 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.mv6.transition.plugins.module_utils import _plan
+from ansible_collections.mv6.transition.plugins.module_utils import _diagram, _plan
 
 ARGUMENT_SPEC = {
     "plan_file": {"type": "path"},
     "prune": {"type": "bool", "default": False},
     "release_hosts": {"type": "list", "elements": "str", "default": []},
     "lock_timeout": {"type": "int", "default": 120},
+    "diagram": {"type": "str"},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
 # Settings that plan v2 moved into mv6_parallel: an inventory that still sets one would be
@@ -69,6 +70,27 @@ def _native_facts(facts) -> dict:
                 values.append(f"{default['address']}/{default['prefix']}")
             native[f"ansible_default_{family}"] = [_plain(v) for v in values if v]
     return native
+
+
+def _current_picture(path: str | None) -> str | None:
+    """The text of the picture at path, None when there is none; ValueError when something
+    else is there (it is never replaced)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ValueError(f"diagram: cannot read {path} ({reason}); nothing was written") from None
+    if not _diagram.drawn_here(text):
+        raise ValueError(
+            f"diagram: {path} exists and is not a plan picture this collection drew; it was "
+            f"kept, and nothing was written (name another path, or an empty one for none)"
+        )
+    return text
 
 
 class ActionModule(ActionBase):
@@ -125,6 +147,11 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(
                 f"lock_timeout: must be 0 or more seconds, got {args['lock_timeout']}"
             )
+        diagram = self._diagram_file(args["diagram"], hostvars, task_vars, plan_file)
+        try:
+            _current_picture(diagram)  # before anything is written
+        except ValueError as e:
+            raise AnsibleActionFail(str(e)) from e
         # Check mode reads a file that is only ever replaced by rename: no lock needed, and
         # no lock file is created.
         lock = (
@@ -137,11 +164,12 @@ class ActionModule(ActionBase):
                 before, after, plan = self._read_build_write(
                     site, guests_by_host, native_by_host, plan_file, args
                 )
+                drawn = self._draw(plan, diagram)
         except ValueError as e:
             raise AnsibleActionFail(str(e)) from e
-        changed = after != before
+        changed = after != before or drawn
 
-        result.update(changed=changed, plan=plan, plan_file=plan_file)
+        result.update(changed=changed, plan=plan, plan_file=plan_file, diagram_file=diagram)
         result["ansible_facts"] = {"mv6_plan": plan}
         if self._task.diff and changed:
             # One diff per file that changes: at fleet scale the host added, not the fleet.
@@ -177,6 +205,43 @@ class ActionModule(ActionBase):
             migrating = previous is not None and previous.get("version") != plan["version"]
             _plan.write_plan(plan_file, before, after, keep_v1=migrating)
         return before, after, plan
+
+    def _draw(self, plan: dict, path: str | None) -> bool:
+        """Write the plan's picture to path when it differs (not in check mode): True when
+        it differs. The picture shows only what the plan holds, so that runs with different
+        --limit draw the same bytes for the same plan."""
+        if not path:
+            return False
+        text = _diagram.render(plan)
+        if _current_picture(path) == text:
+            return False
+        if not self._task.check_mode:
+            try:
+                _plan.write_plan_file(path, text)
+            except ValueError as e:
+                raise ValueError(f"diagram: {e}; the plan itself was written") from None
+        return True
+
+    @staticmethod
+    def _diagram_file(given, hostvars, task_vars, plan_file: str) -> str | None:
+        """The picture's path: the diagram argument, else mv6_plan_diagram of the first
+        host, else the plan file's name with .svg; an empty value draws none."""
+        if given is None:
+            host = str(task_vars["inventory_hostname"])
+            given = ActionModule._host_var(hostvars[host], host, "mv6_plan_diagram")
+        if given is None:
+            root, ext = os.path.splitext(plan_file)
+            return (root if ext in (".yml", ".yaml") else plan_file) + ".svg"
+        if given is False or given == "":
+            return None
+        if not isinstance(given, str):
+            raise AnsibleActionFail(
+                f"diagram: must be a path, or empty for no picture, got {type(given).__name__}"
+            )
+        path = os.path.expanduser(given)
+        if os.path.realpath(path) == os.path.realpath(plan_file):
+            raise AnsibleActionFail(f"diagram: {given} is the plan file itself")
+        return path
 
     @staticmethod
     def _host_var(hv, host: str, name: str):

@@ -9,7 +9,7 @@ The documentation of each filter is in the sidecar file of the same name (host_p
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.mv6.transition.plugins.module_utils import _plan
+from ansible_collections.mv6.transition.plugins.module_utils import _diagram, _plan
 
 
 def plan_site(plan):
@@ -54,6 +54,13 @@ def guest_mac(parallel, host_slot, guest_slot):
         raise AnsibleFilterError(str(e)) from e
 
 
+def plan_diagram(plan, native_addresses=None, persistence=None, summary_over=_diagram.SUMMARY_OVER):
+    try:
+        return _diagram.render(plan, native_addresses, persistence, summary_over)
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -63,4 +70,5 @@ class FilterModule:
             "parallel_subnet": parallel_subnet,
             "guest_address": guest_address,
             "guest_mac": guest_mac,
+            "plan_diagram": plan_diagram,
         }

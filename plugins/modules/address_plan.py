@@ -60,6 +60,18 @@ options:
       - After the timeout the task fails and writes nothing. Check mode takes no lock.
     type: int
     default: 120
+  diagram:
+    description:
+      - Path on the controller of the plan's picture, an SVG drawn by
+        P(mv6.transition.plan_diagram#filter) from the plan alone (so that runs with
+        different C(--limit) draw the same bytes for the same plan). It is rewritten, in the
+        same lock and atomically, only when the plan's picture changes, and counts as a
+        change then.
+      - Defaults to the variable C(mv6_plan_diagram) of the first host, else the plan file's
+        path with C(.svg) in place of C(.yml). An empty value draws no picture.
+      - A file already at that path that this collection did not draw is never replaced; the
+        task fails before anything is written.
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -117,37 +129,30 @@ EXAMPLES = r"""
 RETURN = r"""
 plan:
   description:
-    - The plan, the same data as the plan file. See C(docs/interfaces.md), section "The plan".
+    - The plan, the same data as the plan files. See C(docs/interfaces.md), section "The plan".
   returned: success
   type: dict
   contains:
     version:
-      description: Format version, 1.
+      description: Format version, 2.
       type: int
-    native_family:
-      description: C(ipv4) or C(ipv6).
-      type: str
-    parallel_family:
-      description: The other family.
-      type: str
-    prefix:
-      description: The parallel site block.
-      type: str
-    layout:
-      description: C(per_host) or C(shared).
-      type: str
-    host_prefixlen:
-      description: Prefix length of each host's subnet.
-      type: int
-    address_mode:
-      description: C(eui64) or C(sequential).
-      type: str
+    site:
+      description:
+        - The site block, C(native_family), C(parallel_family), C(prefix), C(layout),
+          C(host_prefixlen), C(address_mode), C(bridge), C(uplink), C(tap_prefix),
+          C(nft_table), C(host_guard), C(dns), and what MV6 owns on a host (C(owned)).
+      type: dict
     hosts:
-      description: Per hypervisor, its slot, subnet, gateway, DNS servers and guests.
+      description: Per hypervisor, its slot, subnet, gateway, DNS servers, router and guests.
       type: dict
 plan_file:
   description: The plan file's path.
   returned: success
   type: str
   sample: /srv/inventory/mv6_plan.yml
+diagram_file:
+  description: The path of the plan's picture, or null when none is drawn.
+  returned: success
+  type: str
+  sample: /srv/inventory/mv6_plan.svg
 """

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
-from ansible_collections.mv6.transition.plugins.module_utils import _plan
+from ansible_collections.mv6.transition.plugins.module_utils import _diagram, _plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -398,3 +398,47 @@ def test_lock_held_too_long_fails_and_writes_nothing(site):
     (result,) = play(site, args="{lock_timeout: -1}", expect_rc=2).values()
     assert result["msg"] == "lock_timeout: must be 0 or more seconds, got -1"
     assert plan_file.read_text() == text
+
+
+def test_the_plans_picture_is_drawn_beside_it_and_only_when_it_changes(site):
+    picture = site / "mv6_plan.svg"
+    # check mode: reported through the plan's change, nothing written
+    assert plan_result(play(site, "--check"))["diagram_file"] == str(picture)
+    assert not picture.exists()
+    result = plan_result(play(site))
+    assert result["changed"] is True and result["diagram_file"] == str(picture)
+    text = picture.read_text()
+    assert text == _diagram.render(read(site / "mv6_plan.yml"))
+    for name in ("hv1", "hv2", "web6", "rtr6", "app6"):
+        assert f'data-name="{name}"' in text
+    inode = picture.stat().st_ino
+    # the same plan: unchanged, not rewritten, also from a run that has only one host
+    assert plan_result(play(site))["changed"] is False
+    assert plan_result(play(site, "--limit", "hv2"))["changed"] is False
+    assert picture.stat().st_ino == inode
+    # a new guest changes the plan and its picture; only the picture missing is a change too
+    write_vars(site / "host_vars" / "hv2.yml", {"mv6_guests": [{"name": "app6"}, {"name": "b6"}]})
+    assert plan_result(play(site))["changed"] is True
+    assert 'data-name="b6"' in picture.read_text()
+    picture.unlink()
+    assert plan_result(play(site))["changed"] is True and picture.exists()
+
+
+def test_a_file_the_picture_would_replace_is_kept_and_nothing_is_written(site):
+    picture = site / "mv6_plan.svg"
+    picture.write_text("my own notes\n")
+    (result,) = play(site, expect_rc=2).values()
+    assert result["msg"] == (
+        f"diagram: {picture} exists and is not a plan picture this collection drew; it was "
+        "kept, and nothing was written (name another path, or an empty one for none)"
+    )
+    assert picture.read_text() == "my own notes\n"
+    assert not (site / "mv6_plan.yml").exists()
+    # another path, or none at all
+    result = plan_result(play(site, args="{diagram: '{{ inventory_dir }}/pictures-plan.svg'}"))
+    assert result["diagram_file"] == str(site / "pictures-plan.svg")
+    assert _diagram.drawn_here((site / "pictures-plan.svg").read_text())
+    write_vars(site / "host_vars" / "hv1.yml", {"mv6_guests": [], "mv6_plan_diagram": ""})
+    result = plan_result(play(site))
+    assert result["diagram_file"] is None
+    assert picture.read_text() == "my own notes\n"

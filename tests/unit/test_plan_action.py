@@ -86,6 +86,7 @@ def test_filters_are_thin_wrappers_that_raise_filter_errors():
         "guest_plan",
         "host_plan",
         "parallel_subnet",
+        "plan_diagram",
         "plan_site",
     ]
     result = _plan.build_plan("ipv4", {"prefix": "2001:db8:600::/48"}, {"hv1": [{"name": "a"}]})
