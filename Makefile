@@ -11,7 +11,7 @@ SANITY_ROOT := $(abspath $(SANITY_BASE))/ansible_collections/mv6/transition
 # is stopped after molecule/NAME/timeout seconds (1500 where there is no such file).
 SCENARIOS ?= $(shell cat molecule/ORDER 2>/dev/null)
 
-.PHONY: setup test quick lint ruff ansible-lint shellcheck sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
+.PHONY: setup test quick docs lint ruff ansible-lint shellcheck sanity unit integration molecule bench lab lab-down fleet-lab fleet-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -60,8 +60,15 @@ molecule:
 	  echo "=== molecule scenario $$s passed in $$((SECONDS - start)) s"; \
 	done
 
+# The reference site, static HTML in build/docs (docs/site/README.md), then looked at in
+# headless Chromium (tests/docs): links, console, screenshots.
+docs:
+	timeout 600 bash scripts/docs.sh
+	timeout 600 $(BIN)/pytest tests/docs
+
 bench:
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/diagram_bench.py
 
 lab: setup
 	bash scripts/lab.sh up

@@ -19,6 +19,8 @@ debian_packages=(
   systemd-container openssh-client
   # test tools: frame injection, captures, probes
   tcpdump python3-scapy arping ndisc6 thc-ipv6 radvd iperf3 git make rsync shellcheck
+  # the reference site is looked at in a headless browser (make docs, tests/docs)
+  chromium
 )
 
 missing=()

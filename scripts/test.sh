@@ -95,7 +95,7 @@ if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
 fi
 
 rc=0
-for tier in lint unit sanity integration molecule; do
+for tier in lint unit sanity docs integration molecule; do
   stamp "make $tier"
   start=$SECONDS
   if ! make "$tier" 2>&1 | tee "$logs/$tier.log"; then

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make docs: the reference site, static HTML in build/docs (docs/site/README.md).
+#
+#   1. antsibull-docs writes the reference of the collection (modules, filters, tests,
+#      lookups, roles from their argument specs) as reStructuredText;
+#   2. the Markdown pages of docs/ (with their pictures) and README.md join it as the guide,
+#      through MyST, and scripts/playbook_pages.py writes a page per playbook;
+#   3. sphinx-build makes the HTML, with every warning an error (-W) and no intersphinx:
+#      this machine has no network, so every reference must resolve inside the site.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+export PATH=$top/.venv/bin:$PATH ANSIBLE_CONFIG=$top/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH=$top/.collections
+src=$top/build/docs-src
+out=$top/build/docs
+rm -rf "$src" "$out"
+mkdir -p "$src/guide" "$src/playbooks"
+# antsibull-docs refuses a destination that others may write to.
+install -d -m 0700 "$src/collection"
+antsibull-docs collection --use-current --squash-hierarchy --fail-on-error \
+  --dest-dir "$src/collection" mv6.transition
+cp docs/site/index.rst docs/site/ansible.rst "$src/"
+cp docs/*.md "$src/guide/"
+cp -r docs/pictures "$src/guide/pictures"
+# README.md names the pages as docs/NAME.md: inside the guide they are its neighbours.
+# shellcheck disable=SC2016 # backquotes of Markdown, not of the shell
+sed -e 's|`docs/\([a-z_]*\)\.md`|[\1](\1.md)|g' README.md >"$src/guide/README.md"
+python scripts/playbook_pages.py playbooks "$src/playbooks"
+sphinx-build -q -W --keep-going -b html -c docs/site "$src" "$out"
+echo "docs: $out/index.html"
