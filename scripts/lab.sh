@@ -313,6 +313,9 @@ up() {
 
   say "plan ($plan_file)"
   cat "$plan_file" "${plan_file%.yml}.d"/*.json 2>/dev/null || echo "(no plan file)"
+  if [[ -f ${plan_file%.yml}.svg ]]; then
+    echo "the plan's picture (docs/diagram.md): ${plan_file%.yml}.svg"
+  fi
 
   say "audit (playbooks/verify.yml)"
   ansible-playbook "$top/playbooks/verify.yml" -i "$inventory" -e "$(extra_vars)" \
