@@ -62,6 +62,13 @@ options:
     description: Who takes the lock, shown to a run that waits (for example the controller's name).
     type: str
     default: ""
+  for_path:
+    description:
+      - A path the lock stands for (for example the golden images' directory). The lock is
+        then C(NAME-HASH), HASH the first 12 hex digits of the SHA-1 of the path resolved on
+        the host (symlinks, C(..), C(//) and a trailing C(/) taken out), so that two runs
+        naming one directory in two spellings take one lock.
+    type: path
   lock_dir:
     description: Directory of the lock files (root's, 0700).
     type: path
@@ -99,6 +106,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+name:
+  description: The lock's name (with O(for_path), its name on the host).
+  returned: always
+  type: str
+  sample: images-5d1c1e0c3b2a
 owner:
   description: The owner token of the lock taken (pass it to O(state=released)).
   returned: O(state=acquired)
@@ -116,6 +128,7 @@ previous:
 """
 
 import fcntl  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -175,13 +188,22 @@ def alive(record: dict) -> bool:
     return True
 
 
+def lock_name(name: str, for_path: str | None) -> str:
+    """The lock's name on the host: NAME, or NAME-HASH of the resolved for_path."""
+    if not for_path:
+        return name
+    resolved = os.path.realpath(for_path)
+    return f"{name}-{hashlib.sha1(resolved.encode('utf-8')).hexdigest()[:12]}"
+
+
 class Lock:
     def __init__(self, module: AnsibleModule):
         self.module = module
         params = module.params
         self.dir = params["lock_dir"]
-        self.path = os.path.join(self.dir, f"{params['name']}.lock")
-        self.guard = os.path.join(self.dir, f"{params['name']}.guard")
+        self.name = lock_name(params["name"], params["for_path"])
+        self.path = os.path.join(self.dir, f"{self.name}.lock")
+        self.guard = os.path.join(self.dir, f"{self.name}.guard")
 
     def ensure_dir(self) -> None:
         os.makedirs(self.dir, 0o700, exist_ok=True)
@@ -250,7 +272,7 @@ class Lock:
                     "%Y-%m-%d %H:%M:%S", time.localtime(previous.get("expires", 0))
                 )
                 self.module.fail_json(
-                    msg=f"lock {params['name']} on this host is held by another mv6 run "
+                    msg=f"lock {self.name} on this host is held by another mv6 run "
                     f"(holder {previous.get('holder') or 'unknown'}, since {since}, lease until "
                     f"{until}); waited {int(waited)} s (timeout). Nothing was changed. Wait for "
                     f"that run, or if it is dead, remove {self.path}",
@@ -275,8 +297,7 @@ class Lock:
         outcome = self.under_guard(attempt)
         if outcome == "other":
             self.module.warn(
-                f"lock {self.module.params['name']} is held by another run now (this run's lease "
-                "ended); left to it"
+                f"lock {self.name} is held by another run now (this run's lease ended); left to it"
             )
         return {"changed": False, "outcome": outcome}
 
@@ -290,6 +311,7 @@ def main() -> None:
             "timeout": {"type": "int", "default": 600},
             "lease": {"type": "int", "default": 3600},
             "holder": {"type": "str", "default": ""},
+            "for_path": {"type": "path"},
             "lock_dir": {"type": "path", "default": "/run/mv6/locks"},
         },
         required_if=[("state", "released", ("owner",))],
@@ -306,7 +328,7 @@ def main() -> None:
     lock = Lock(module)
     lock.ensure_dir()
     result = lock.acquire() if params["state"] == "acquired" else lock.release()
-    module.exit_json(**result)
+    module.exit_json(name=lock.name, **result)
 
 
 if __name__ == "__main__":
