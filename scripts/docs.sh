@@ -12,9 +12,13 @@ cd "$(dirname "$0")/.."
 top=$PWD
 export PATH=$top/.venv/bin:$PATH ANSIBLE_CONFIG=$top/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH=$top/.collections
-src=$top/build/docs-src
 out=$top/build/docs
-rm -rf "$src" "$out"
+mkdir -p "$top/build"
+# Built in a directory of its own and put in place at the end: two builds at once do not mix,
+# and a failed build leaves the last good site.
+work=$(mktemp -d "$top/build/.docs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+src=$work/src
 mkdir -p "$src/guide" "$src/playbooks"
 # antsibull-docs refuses a destination that others may write to.
 install -d -m 0700 "$src/collection"
@@ -27,5 +31,7 @@ cp -r docs/pictures "$src/guide/pictures"
 # shellcheck disable=SC2016 # backquotes of Markdown, not of the shell
 sed -e 's|`docs/\([a-z_]*\)\.md`|[\1](\1.md)|g' README.md >"$src/guide/README.md"
 python scripts/playbook_pages.py playbooks "$src/playbooks"
-sphinx-build -q -W --keep-going -b html -c docs/site "$src" "$out"
+sphinx-build -q -W --keep-going -b html -c docs/site "$src" "$work/html"
+rm -rf "$out"
+mv "$work/html" "$out"
 echo "docs: $out/index.html"

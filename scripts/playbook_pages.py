@@ -15,6 +15,17 @@ from pathlib import Path
 import yaml
 
 
+class Loader(yaml.SafeLoader):
+    """YAML as Ansible writes it: !unsafe and !vault values are read as plain text."""
+
+
+def _tagged(loader, _suffix, node):
+    return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+
+
+Loader.add_multi_constructor("!", _tagged)
+
+
 def header(text: str) -> list[str]:
     """The playbook's leading comment as Markdown: prose, and its indented command lines as
     a console block."""
@@ -48,7 +59,7 @@ def runs(play: dict) -> str:
         target = play.get("ansible.builtin.import_playbook") or play.get("import_playbook")
         return f"the playbook `{target}`"
     for role in play.get("roles") or []:
-        name = role["role"] if isinstance(role, dict) else role
+        name = (role.get("role") or role.get("name", "?")) if isinstance(role, dict) else role
         if name.startswith("mv6.transition."):  # its reference page, by antsibull-docs' label
             label = f"ansible_collections.{name}_role"
             parts.append(f"role {{ref}}`{name} <{label}>`")
@@ -66,11 +77,12 @@ def runs(play: dict) -> str:
 
 def page(path: Path) -> str:
     text = path.read_text()
-    plays = yaml.safe_load(text) or []
+    plays = yaml.load(text, Loader=Loader) or []  # Loader is a SafeLoader
     lines = [f"# {path.name}", "", *header(text), "", "## Plays", ""]
     lines += ["| play | hosts | tags | runs |", "|---|---|---|---|"]
     for play in plays:
-        tags = ", ".join(f"`{t}`" for t in play.get("tags") or []) or "—"
+        tags = play.get("tags") or []
+        tags = ", ".join(f"`{t}`" for t in ([tags] if isinstance(tags, str) else tags)) or "—"
         hosts = f"`{play['hosts']}`" if "hosts" in play else "—"
         lines.append(
             f"| {cell(play.get('name', '(unnamed)'))} | {hosts} | {tags} | {cell(runs(play))} |"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleActionFail
@@ -22,7 +23,7 @@ ARGUMENT_SPEC = {
     "prune": {"type": "bool", "default": False},
     "release_hosts": {"type": "list", "elements": "str", "default": []},
     "lock_timeout": {"type": "int", "default": 120},
-    "diagram": {"type": "str"},
+    "diagram": {"type": "raw"},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
 # Settings that plan v2 moved into mv6_parallel: an inventory that still sets one would be
@@ -72,16 +73,35 @@ def _native_facts(facts) -> dict:
     return native
 
 
-def _current_picture(path: str | None) -> str | None:
-    """The text of the picture at path, None when there is none; ValueError when something
-    else is there (it is never replaced)."""
+def _current_picture(path: str | None, writing: bool = True) -> str | None:
+    """The text of the picture at path, None when there is none yet; ValueError when what is
+    there is anything but a picture this collection drew in a regular file (it is never
+    replaced), or when the picture could not be written there."""
     if not path:
         return None
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory) and not writing:
+        return None  # check mode on a new site: nothing is there, and nothing is written
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"diagram: the directory of {path} does not exist or is not writable; nothing was "
+            f"written (name another path, or an empty one for no picture)"
+        )
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(
+            f"diagram: {path} is not a regular file (a symlink, a directory, a FIFO or a "
+            f"device); it was kept, and nothing was written"
+        )
+    try:
+        # O_NOFOLLOW and O_NONBLOCK: what is swapped in after the lstat is not followed and
+        # cannot block the run (and with it the plan's lock).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise ValueError(f"diagram: cannot read {path} ({reason}); nothing was written") from None
@@ -149,7 +169,7 @@ class ActionModule(ActionBase):
             )
         diagram = self._diagram_file(args["diagram"], hostvars, task_vars, plan_file)
         try:
-            _current_picture(diagram)  # before anything is written
+            _current_picture(diagram, not self._task.check_mode)  # before anything is written
         except ValueError as e:
             raise AnsibleActionFail(str(e)) from e
         # Check mode reads a file that is only ever replaced by rename: no lock needed, and
@@ -213,19 +233,23 @@ class ActionModule(ActionBase):
         if not path:
             return False
         text = _diagram.render(plan)
-        if _current_picture(path) == text:
+        if _current_picture(path, not self._task.check_mode) == text:
             return False
         if not self._task.check_mode:
             try:
                 _plan.write_plan_file(path, text)
             except ValueError as e:
-                raise ValueError(f"diagram: {e}; the plan itself was written") from None
+                reason = str(e).split(" (", 1)[-1].rstrip(")")
+                raise ValueError(
+                    f"diagram: cannot write {path} ({reason}); the plan itself was written"
+                ) from None
         return True
 
     @staticmethod
     def _diagram_file(given, hostvars, task_vars, plan_file: str) -> str | None:
         """The picture's path: the diagram argument, else mv6_plan_diagram of the first
         host, else the plan file's name with .svg; an empty value draws none."""
+        given = _plain(given)  # ansible-core 2.19 hands out tagged values
         if given is None:
             host = str(task_vars["inventory_hostname"])
             given = ActionModule._host_var(hostvars[host], host, "mv6_plan_diagram")
@@ -236,11 +260,19 @@ class ActionModule(ActionBase):
             return None
         if not isinstance(given, str):
             raise AnsibleActionFail(
-                f"diagram: must be a path, or empty for no picture, got {type(given).__name__}"
+                f"diagram: must be a path, or empty or false for no picture, got "
+                f"{type(given).__name__} {given!r}"
             )
-        path = os.path.expanduser(given)
-        if os.path.realpath(path) == os.path.realpath(plan_file):
-            raise AnsibleActionFail(f"diagram: {given} is the plan file itself")
+        # A relative path is the plan file's neighbour, whatever directory the run started in.
+        path = os.path.join(os.path.dirname(plan_file), os.path.expanduser(given))
+        taken = {os.path.realpath(p) for p in (plan_file, f"{plan_file}.lock", f"{plan_file}.v1")}
+        real = os.path.realpath(path)
+        hosts = os.path.realpath(_plan.hosts_dir(plan_file))
+        if real in taken or real == hosts or real.startswith(hosts + os.sep):
+            raise AnsibleActionFail(
+                f"diagram: {given} is one of the plan's own files (the plan file, its lock, its "
+                f"version 1 copy or its host files); nothing was written"
+            )
         return path
 
     @staticmethod

@@ -54,9 +54,17 @@ def guest_mac(parallel, host_slot, guest_slot):
         raise AnsibleFilterError(str(e)) from e
 
 
-def plan_diagram(plan, native_addresses=None, persistence=None, summary_over=_diagram.SUMMARY_OVER):
+def plan_diagram(
+    plan,
+    native_addresses=None,
+    persistence=None,
+    summary_over=_diagram.SUMMARY_OVER,
+    default_persistence="persistent",
+):
     try:
-        return _diagram.render(plan, native_addresses, persistence, summary_over)
+        return _diagram.render(
+            plan, native_addresses, persistence, summary_over, str(default_persistence)
+        )
     except ValueError as e:
         raise AnsibleFilterError(str(e)) from e
 

@@ -17,6 +17,7 @@ row. The unit tests check, segment by segment, that no native line meets a paral
 
 from __future__ import annotations
 
+import re
 from xml.sax.saxutils import escape, quoteattr
 
 from ansible_collections.mv6.transition.plugins.module_utils import _plan
@@ -28,7 +29,7 @@ SUMMARY_OVER = 40  # more hosts than this: one table row per host instead of box
 COLUMNS = 3
 HOST_W = 540
 GUEST_H = 40
-HEAD_H = 92
+HEAD_H = 110
 GAP = 40
 BUS_H = 46
 CHAR_W = 6.7  # the width of one character of the 11 px monospace font, for the page width
@@ -37,6 +38,21 @@ CHAR_W = 6.7  # the width of one character of the 11 px monospace font, for the 
 MARK = "<!-- mv6.transition plan diagram: written by mv6.transition.address_plan -->"
 
 FAMILY = {"ipv4": "IPv4", "ipv6": "IPv6"}
+
+
+# Characters XML 1.0 does not allow (control characters, lone surrogates, U+FFFE/U+FFFF): a
+# plan's host name or a caller's string may hold one, and the picture must still parse.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean(value: str) -> str:
+    return NOT_XML.sub("\ufffd", str(value))
+
+
+def fit(value: str, width: float) -> str:
+    """value cut to what width pixels of the 11 px font hold, with an ellipsis."""
+    most = max(4, int(width / CHAR_W))
+    return value if len(value) <= most else value[: most - 1] + "…"
 
 
 class Svg:
@@ -55,12 +71,18 @@ class Svg:
             f'<rect class="{cls}" x="{x}" y="{y}" width="{w}" height="{h}" rx="6"{dash}/>'
         )
 
-    def text(self, x, y, value: str, cls: str = "t", anchor: str = "start") -> None:
+    def text(
+        self, x, y, value: str, cls: str = "t", anchor: str = "start", width: float = 0
+    ) -> None:
+        """A line of text; cut to width pixels (the whole text then in its tooltip)."""
         end = ' text-anchor="end"' if anchor == "end" else ""
-        self.parts.append(f'<text class="{cls}" x="{x}" y="{y}"{end}>{escape(value)}</text>')
+        value = clean(value)
+        shown = fit(value, width) if width else value
+        tip = f"<title>{escape(value)}</title>" if shown != value else ""
+        self.parts.append(f'<text class="{cls}" x="{x}" y="{y}"{end}>{tip}{escape(shown)}</text>')
 
     def group(self, kind: str, name: str) -> None:
-        self.parts.append(f'<g class="{kind}" data-name={quoteattr(name)}>')
+        self.parts.append(f'<g class="{kind}" data-name={quoteattr(clean(name))}>')
 
     def end(self) -> None:
         self.parts.append("</g>")
@@ -105,15 +127,59 @@ def _details(value: object, name: str) -> dict:
     return {str(k): v for k, v in value.items()}
 
 
+def _natives(value: object) -> dict:
+    natives = _details(value, "native_addresses")
+    for host, address in natives.items():
+        if address is not None and not isinstance(address, str):
+            raise ValueError(
+                f"native_addresses[{host}]: must be an address as text, got a "
+                f"{type(address).__name__}"
+            )
+    return natives
+
+
+def _persistence(value: object, default: str) -> dict:
+    """{host: {guest: persistence}} from either form the filter takes for each host: a
+    mapping of guest to persistence, or the host's mv6_guests (entries without a
+    persistence have the role's default)."""
+    out = {}
+    for host, given in _details(value, "persistence").items():
+        if isinstance(given, list):
+            kept = {}
+            for i, guest in enumerate(given):
+                if not isinstance(guest, dict) or not isinstance(guest.get("name"), str):
+                    raise ValueError(
+                        f"persistence[{host}][{i}]: an mv6_guests entry needs a name, got "
+                        f"{type(guest).__name__}"
+                    )
+                kept[guest["name"]] = guest.get("persistence") or default
+            given = kept
+        if not isinstance(given, dict):
+            raise ValueError(
+                f"persistence[{host}]: must be a mapping of guest to persistence or the "
+                f"host's mv6_guests list, got a {type(given).__name__}"
+            )
+        for guest, persistence in given.items():
+            if not isinstance(persistence, str):
+                raise ValueError(
+                    f"persistence[{host}][{guest}]: must be text, got a "
+                    f"{type(persistence).__name__}"
+                )
+        out[host] = {str(g): p for g, p in given.items()}
+    return out
+
+
 def render(
     plan: object,
     native_addresses: object = None,
     persistence: object = None,
     summary_over: int = SUMMARY_OVER,
+    default_persistence: str = "persistent",
 ) -> str:
     """The SVG text of ``plan``. native_addresses maps a host to its native address, and
-    persistence a host to ``{guest: persistence}``: both are optional (the plan holds
-    neither) and shown where given. Raises ValueError, naming what is wrong."""
+    persistence a host to ``{guest: persistence}`` or to its mv6_guests list (entries without
+    one have default_persistence): both are optional (the plan holds neither) and shown where
+    given. Raises ValueError, naming what is wrong."""
     if not isinstance(plan, dict) or plan.get("version") != _plan.PLAN_VERSION:
         version = plan.get("version") if isinstance(plan, dict) else None
         raise ValueError(
@@ -123,8 +189,8 @@ def render(
     _plan.check_plan(plan)
     if isinstance(summary_over, bool) or not isinstance(summary_over, int) or summary_over < 0:
         raise ValueError(f"summary_over: must be 0 or more hosts, got {summary_over!r}")
-    natives = _details(native_addresses, "native_addresses")
-    kept = _details(persistence, "persistence")
+    natives = _natives(native_addresses)
+    kept = _persistence(persistence, default_persistence)
     hosts = sorted(plan["hosts"].items(), key=lambda item: item[1]["slot"])
     if len(hosts) > summary_over:
         return _summary(plan["site"], hosts, natives)
@@ -154,7 +220,13 @@ def _site_line(site: dict) -> str:
 
 
 def _router_of(site: dict, hosts: list) -> str:
-    routers = [f"{g} on {h}" for h, e in hosts for g, ge in e["guests"].items() if ge.get("router")]
+    routers = [
+        f"{g} on {h}"
+        for h, e in hosts
+        if not e["released"]
+        for g, ge in sorted(e["guests"].items(), key=lambda item: item[1]["slot"])
+        if ge.get("router") and not ge["released"]
+    ]
     return (
         "parallel router: "
         + (", ".join(routers[:4]) if routers else "none in the plan")
@@ -218,23 +290,28 @@ def _host(svg, site, host, entry, native_address, kept, x, y, height) -> None:
     svg.group("hv released" if released else "hv", host)
     svg.rect(x, y, HOST_W, height, "host", dashed=released)
     title = host + (" (released)" if released else "")
-    svg.text(x + 44, y + 20, title, "h")
+    inner = HOST_W - 24
+    # 14 px bold: wider characters than the 11 px of the width measure
+    svg.text(x + 44, y + 20, title, "h", width=(HOST_W - 130) * 11 / 14)
     svg.text(x + HOST_W - 12, y + 20, f"slot {entry['slot']}", "s", "end")
-    address = str(native_address) if native_address else "address not given"
-    svg.text(x + 44, y + 38, f"native {FAMILY[site['native_family']]}: {address}", "n")
+    address = native_address if native_address else "address not given"
     svg.text(
-        x + 12,
-        y + 56,
-        f"isolation: nft bridge/inet {site['nft_table']}"
-        f"{', host guard' if site['host_guard'] else ''}",
-        "s",
+        x + 44, y + 38, f"native {FAMILY[site['native_family']]}: {address}", "n", width=inner - 32
     )
+    guard = ", host guard" if site["host_guard"] else ""
+    svg.text(
+        x + 12, y + 56, f"isolation: nft bridge/inet {site['nft_table']}{guard}", "s", width=inner
+    )
+    svg.text(x + 12, y + 74, f"bridge {site['bridge']} · {entry['subnet']}", "p", width=inner)
     router = entry["router"]
-    routed = f"router {router}" if router else "no router guest"
+    routed = [f"router {router}" if router else "no router guest"]
     gateway = entry["gateway"]
     if gateway and not (router and entry["guests"][router]["address"] == gateway):
-        routed += f" · gateway {gateway}"
-    svg.text(x + 12, y + 74, f"bridge {site['bridge']} · {entry['subnet']} · {routed}", "p")
+        routed.append(f"gateway {gateway}")
+    pool = entry.get("dhcp4_pool")
+    if pool:
+        routed.append(f"DHCPv4 pool {pool['first']} to {pool['last']}")
+    svg.text(x + 12, y + 92, " · ".join(routed), "p", width=inner)
     # The bridge: a vertical bus inside the box, with one port line per guest.
     bx, top = x + 60, y + HEAD_H - 6
     bottom = y + height - 30
@@ -262,8 +339,15 @@ def _guest(svg, name, guest, persistence, bx, gy) -> None:
         flags.insert(0, "router")
     if released:
         flags.insert(0, "released")
-    svg.text(bx + 48, gy + 16, f"{name} · {' · '.join(flags)}")
-    svg.text(bx + 48, gy + 30, f"{guest['address']}/{guest['prefixlen']} · {guest['mac']}", "s")
+    inner = HOST_W - 136
+    svg.text(bx + 48, gy + 16, f"{name} · {' · '.join(flags)}", width=inner)
+    svg.text(
+        bx + 48,
+        gy + 30,
+        f"{guest['address']}/{guest['prefixlen']} · {guest['mac']}",
+        "s",
+        width=inner,
+    )
     svg.end()
 
 
@@ -311,6 +395,7 @@ def _summary(site: dict, hosts: list, natives: dict) -> str:
             (entry["router"] or "—", "p"),
         )
         for i, (value, cls) in enumerate(cells):
-            svg.text(GAP + cols[i][1], y, value, cls)
+            room = (cols[i + 1][1] if i + 1 < len(cols) else width - 2 * GAP) - cols[i][1] - 12
+            svg.text(GAP + cols[i][1], y, value, cls, width=room)
         svg.end()
     return svg.document(width, y + 30, f"MV6 plan summary, {len(hosts)} hypervisors")

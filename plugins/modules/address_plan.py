@@ -64,14 +64,17 @@ options:
     description:
       - Path on the controller of the plan's picture, an SVG drawn by
         P(mv6.transition.plan_diagram#filter) from the plan alone (so that runs with
-        different C(--limit) draw the same bytes for the same plan). It is rewritten, in the
-        same lock and atomically, only when the plan's picture changes, and counts as a
-        change then.
+        different C(--limit) draw the same bytes for the same plan). It is written, in the
+        same lock and atomically, when it is missing or differs from what the plan draws
+        (the plan changed, or a new version of the collection draws it otherwise), and that
+        counts as a change, with no diff shown for it.
       - Defaults to the variable C(mv6_plan_diagram) of the first host, else the plan file's
-        path with C(.svg) in place of C(.yml). An empty value draws no picture.
-      - A file already at that path that this collection did not draw is never replaced; the
-        task fails before anything is written.
-    type: str
+        path with C(.svg) in place of C(.yml). An empty string or V(false) draws no picture;
+        null is the default. A relative path is relative to the plan file's directory.
+      - Refused before anything is written, and kept, are a file at that path that this
+        collection did not draw, anything but a regular file there (a symlink, a FIFO), a
+        directory that does not exist or is not writable, and the plan's own files.
+    type: raw
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow

@@ -32,6 +32,10 @@ pytestmark = [
     pytest.mark.skipif(not (SITE / "index.html").exists(), reason="run make docs first"),
 ]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# make docs sets it: there, a machine without Chromium fails the tier instead of skipping
+# the browser checks.
+if os.environ.get("MV6_DOCS_REQUIRE_BROWSER") == "1" and CHROMIUM is None:
+    raise RuntimeError("MV6_DOCS_REQUIRE_BROWSER=1 but chromium is not installed (setup.sh)")
 PAGES = [
     "index.html",
     "guide/diagram.html",
@@ -172,7 +176,7 @@ def look(url: str, shot: Path) -> list[str]:
 
 
 def colours(rows: list) -> set:
-    return {pixel for row in rows[::4] for pixel in row[::4]}
+    return {pixel for row in rows[::2] for pixel in row[::2]}
 
 
 def near(found: set, hex_colour: str, tolerance: int = 24) -> bool:
@@ -202,5 +206,6 @@ def test_plan_pictures_render_in_both_colours(name, tmp_path):
     shot = tmp_path / "picture.png"
     assert look(picture.as_uri(), shot) == []
     _w, _h, rows = png_pixels(shot)
-    found = colours(rows)
+    # Below the legend (whose two squares alone hold both colours): the drawing itself.
+    found = colours(rows[130:])
     assert near(found, _diagram.NATIVE) and near(found, _diagram.PARALLEL), name

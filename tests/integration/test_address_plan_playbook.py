@@ -442,3 +442,31 @@ def test_a_file_the_picture_would_replace_is_kept_and_nothing_is_written(site):
     result = plan_result(play(site))
     assert result["diagram_file"] is None
     assert picture.read_text() == "my own notes\n"
+
+
+def test_a_picture_path_that_cannot_be_ours_is_refused_before_the_plan_is_written(site):
+    plan_file = site / "mv6_plan.yml"
+    target = site / "elsewhere.svg"
+    target.write_text("someone's file\n")
+    (site / "mv6_plan.svg").symlink_to(target)
+    cases = {
+        "": "is not a regular file (a symlink, a directory, a FIFO or a device); it was kept",
+        "{diagram: '{{ inventory_dir }}/no/such/dir/p.svg'}": "does not exist or is not writable",
+        "{diagram: '{{ inventory_dir }}/mv6_plan.yml.lock'}": "is one of the plan's own files",
+        "{diagram: '{{ inventory_dir }}/mv6_plan.d/x.svg'}": "is one of the plan's own files",
+        "{diagram: 7}": "diagram: must be a path, or empty or false for no picture, got int 7",
+    }
+    for args, message in cases.items():
+        (result,) = play(site, args=args, expect_rc=2).values()
+        assert message in result["msg"], (args, result["msg"])
+        assert not plan_file.exists(), args
+        assert not (site / "mv6_plan.yml.lock").exists(), args
+    assert target.read_text() == "someone's file\n"
+    assert (site / "mv6_plan.svg").is_symlink()
+    # false draws none (it once drew a file named False in the working directory), and a
+    # relative path is the plan file's neighbour
+    result = plan_result(play(site, args="{diagram: false}"))
+    assert result["diagram_file"] is None and not (ROOT / "False").exists()
+    result = plan_result(play(site, args="{diagram: pictures.svg}"))
+    assert result["diagram_file"] == str(site / "pictures.svg")
+    assert _diagram.drawn_here((site / "pictures.svg").read_text())

@@ -203,3 +203,60 @@ def test_only_a_picture_drawn_here_counts_as_one():
     assert _diagram.drawn_here(_diagram.render(small()))
     assert not _diagram.drawn_here('<?xml version="1.0"?>\n<svg/>\n')
     assert not _diagram.drawn_here("")
+
+
+def test_characters_xml_forbids_still_give_a_picture_that_parses():
+    plan = _plan.build_plan("ipv4", {"prefix": "2001:db8::/32"}, {"x\x01y": [{"name": "g"}]})
+    root = parse(
+        _diagram.render(plan, {"x\x01y": "198.51.100.1\x0c"}, {"x\x01y": {"g": "a\x01b\udc80"}})
+    )
+    assert list(groups(root, "hv")) == ["x\ufffdy"]
+    assert "a\ufffdb\ufffd" in texts(root)
+
+
+def test_persistence_from_mv6_guests_with_the_roles_default():
+    plan = small()
+    given = {"hv1": [{"name": "web", "persistence": "non_persistent"}, {"name": "rtr"}]}
+    vms = groups(parse(_diagram.render(plan, persistence=given)), "vm")
+    assert "web · non_persistent" in texts(vms["web"])
+    assert "rtr · router · persistent" in texts(vms["rtr"])
+    assert "persistence not given" in texts(vms["db"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"persistence": {"hv1": {"web": 5}}},
+            r"persistence\[hv1\]\[web\]: must be text, got a int",
+        ),
+        ({"persistence": {"hv1": "x"}}, r"persistence\[hv1\]: must be a mapping of guest"),
+        ({"persistence": {"hv1": ["web"]}}, r"persistence\[hv1\]\[0\]: an mv6_guests entry needs"),
+        ({"native_addresses": {"hv1": 7}}, r"native_addresses\[hv1\]: must be an address as text"),
+    ],
+)
+def test_bad_details_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _diagram.render(small(), **kwargs)
+
+
+def test_released_routers_are_not_the_sites_routers_and_pools_are_drawn():
+    parallel = {"prefix": "198.51.100.0/24", "host_prefixlen": 26, "address_mode": "sequential"}
+    guests = {"a": [{"name": "r1", "router": True}], "b": [{"name": "r2", "router": True}]}
+    plan = _plan.build_plan("ipv6", parallel, guests)
+    plan = _plan.build_plan("ipv6", parallel, {"a": guests["a"]}, plan, release_hosts=["b"])
+    text = _diagram.render(plan)
+    assert "parallel router: r1 on a</text>" in text
+    pool = plan["hosts"]["a"]["dhcp4_pool"]
+    assert pool and f"DHCPv4 pool {pool['first']} to {pool['last']}" in text
+
+
+def test_long_text_is_cut_to_its_box_with_the_whole_text_in_a_tooltip():
+    name = "a-very-long-hypervisor-name-" + "x" * 30
+    plan = _plan.build_plan("ipv4", {"prefix": "2001:db8::/32"}, {name: [{"name": "g"}]})
+    root = parse(_diagram.render(plan))
+    title = next(t for t in groups(root, "hv")[name].iter(f"{SVG}text") if t.get("class") == "h")
+    tip = title.find(f"{SVG}title")
+    shown = tip.tail  # <text><title>the whole text</title>what is shown</text>
+    assert shown.endswith("…") and tip.text == name
+    assert len(shown) * _diagram.CHAR_W * 14 / 11 <= _diagram.HOST_W - 130
