@@ -20,3 +20,5 @@ nitpicky = True
 myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence"]
 templates_path = ["_templates"]
+# "--limit" and "--check" must stay two hyphens, not become a dash.
+smartquotes = False

@@ -26,6 +26,8 @@ from ansible_collections.mv6.transition.plugins.module_utils import _diagram
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "build" / "docs"
+# The screenshots stay, for a person to look at too: build/docs-screenshots/*.png.
+SHOTS = ROOT / "build" / "docs-screenshots"
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -150,6 +152,8 @@ def png_pixels(path: Path) -> tuple[int, int, list]:
 
 def look(url: str, shot: Path) -> list[str]:
     """Open url in headless Chromium, save a screenshot, return the console messages."""
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="mv6-docs-chromium-") as profile:
         proc = subprocess.run(
             [
@@ -186,9 +190,9 @@ def near(found: set, hex_colour: str, tolerance: int = 24) -> bool:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (scripts/setup.sh installs it)")
 @pytest.mark.parametrize("page", PAGES)
-def test_pages_render_without_console_messages(page, tmp_path):
+def test_pages_render_without_console_messages(page):
     assert (SITE / page).is_file(), page
-    shot = tmp_path / "page.png"
+    shot = SHOTS / (page.replace("/", "_").removesuffix(".html") + ".png")
     assert look((SITE / page).as_uri(), shot) == []
     width, height, rows = png_pixels(shot)
     assert (width, height) == (1280, 1000)
@@ -197,13 +201,13 @@ def test_pages_render_without_console_messages(page, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (scripts/setup.sh installs it)")
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "docs/pictures").glob("*.svg")))
-def test_plan_pictures_render_in_both_colours(name, tmp_path):
+def test_plan_pictures_render_in_both_colours(name):
     # Drawn in a page (_images) or linked from the table of docs/diagram.md (_downloads).
     carried = sorted(SITE.glob(f"_images/{name}")) + sorted(SITE.glob(f"_downloads/*/{name}"))
     assert carried, f"the site does not carry {name}"
     picture = carried[0]
     assert picture.read_bytes() == (ROOT / "docs/pictures" / name).read_bytes()
-    shot = tmp_path / "picture.png"
+    shot = SHOTS / f"picture_{name.removesuffix('.svg')}.png"
     assert look(picture.as_uri(), shot) == []
     _w, _h, rows = png_pixels(shot)
     # Below the legend (whose two squares alone hold both colours): the drawing itself.
