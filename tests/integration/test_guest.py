@@ -347,7 +347,7 @@ def test_absent_removes_the_guest_and_keeps_the_golden_image(lab):
 # (what the role did before) took it for an MV6 guest.
 FOREIGN_XML = """<domain type='qemu'>
   <name>t-gst-foreign</name>
-  <description>copied from a guest: xmlns:mv6="https://mv6.invalid/transition"</description>
+  <description>copied from a guest: xmlns:mv6=(https://mv6.invalid/transition)</description>
   <memory unit='MiB'>64</memory>
   <os><type arch='x86_64'>hvm</type></os>
 </domain>
