@@ -447,12 +447,17 @@ def test_sparse_copy_keeps_holes_and_bytes(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
-def test_header_names_that_are_not_utf8_are_refused(tmp_path):
-    """A name checked after a lossy decode is not the name QEMU opens: refused, by field."""
+def overlay_on_a_base(tmp_path):
+    """A 1 MiB qcow2 base and an overlay on it; (base, overlay, the overlay's bytes)."""
     base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
     qimg("create", "-q", "-f", "qcow2", base, "1M")
     qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
-    data = bytearray(top.read_bytes())
+    return base, top, bytearray(top.read_bytes())
+
+
+def test_header_names_that_are_not_utf8_are_refused(tmp_path):
+    """A name checked after a lossy decode is not the name QEMU opens: refused, by field."""
+    base, top, data = overlay_on_a_base(tmp_path)
     at = data.find(bytes(str(base), "utf-8"))
     data[at + len(str(tmp_path)) + 1] = 0xFF
     top.write_bytes(bytes(data))
@@ -462,10 +467,7 @@ def test_header_names_that_are_not_utf8_are_refused(tmp_path):
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 def test_backing_offset_inside_the_fixed_header_is_refused(tmp_path):
-    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
-    qimg("create", "-q", "-f", "qcow2", base, "1M")
-    qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
-    data = bytearray(top.read_bytes())
+    _base, top, data = overlay_on_a_base(tmp_path)
     data[8:16] = (16).to_bytes(8, "big")  # backing_file_offset into the header's own fields
     top.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"backing_file_offset 16 lies outside the header"):
