@@ -237,12 +237,9 @@ class ActionModule(ActionBase):
             return False
         if not self._task.check_mode:
             try:
-                _plan.write_plan_file(path, text)
+                _plan.write_plan_file(path, text, what="diagram")
             except ValueError as e:
-                reason = str(e).split(" (", 1)[-1].rstrip(")")
-                raise ValueError(
-                    f"diagram: cannot write {path} ({reason}); the plan itself was written"
-                ) from None
+                raise ValueError(f"{e}; the plan itself was written") from None
         return True
 
     @staticmethod

@@ -32,7 +32,7 @@ GUEST_H = 40
 HEAD_H = 110
 GAP = 40
 BUS_H = 46
-CHAR_W = 6.7  # the width of one character of the 11 px monospace font, for the page width
+CHAR_W = 6.7  # the width of one character of the 11 px monospace font, for text widths
 
 # The second line of every picture: a file at the diagram's path without it is not replaced.
 MARK = "<!-- mv6.transition plan diagram: written by mv6.transition.address_plan -->"

@@ -1812,20 +1812,23 @@ def read_plan_file(path: str) -> str | None:
         ) from None
 
 
-def write_plan_file(path: str, text: str, new_mode: int = 0o644) -> None:
+def write_plan_file(
+    path: str, text: str, new_mode: int = 0o644, what: str = "mv6_plan_file"
+) -> None:
     """Replace the plan file atomically: a temporary file in the same directory, then rename.
-    An existing file keeps its mode; a new one gets new_mode."""
+    An existing file keeps its mode; a new one gets new_mode. Errors name what (the variable
+    or option the path came from)."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = new_mode
     except OSError as e:
-        raise ValueError(f"mv6_plan_file: cannot write {path} ({e.strerror})") from None
+        raise ValueError(f"{what}: cannot write {path} ({e.strerror})") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".mv6_plan.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise ValueError(f"mv6_plan_file: cannot write in {directory} ({e.strerror})") from None
+        raise ValueError(f"{what}: cannot write in {directory} ({e.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -1836,4 +1839,4 @@ def write_plan_file(path: str, text: str, new_mode: int = 0o644) -> None:
     except OSError as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise ValueError(f"mv6_plan_file: cannot write {path} ({e.strerror})") from None
+        raise ValueError(f"{what}: cannot write {path} ({e.strerror})") from None
