@@ -276,6 +276,229 @@ def test_check_mode_reports_a_stop_without_stopping(lab):
     assert sh("virsh", "-q", "-c", URI, "domstate", GUEST).stdout.strip() == "running"
 
 
+# --- the guest_agent connection, on the running guest ----------------------------------------
+# A user's own role run in the guest through mv6.transition.guest_agent (templates, files,
+# lineinfile, a service with a handler), files both ways, become, bounds and an unreachable
+# guest. The guest is reached through its hypervisor (localhost, connection local here; the
+# fleet scenario runs the same connection through SSH to containerised hypervisors).
+AGENT_ROLE = {
+    "tasks/main.yml": """
+- name: Install the demo configuration
+  ansible.builtin.template:
+    src: demo.conf.j2
+    dest: /etc/mv6-demo.conf
+    owner: root
+    mode: "0644"
+  notify: Restart the demo service
+- name: Install the demo unit
+  ansible.builtin.copy:
+    src: mv6-demo.service
+    dest: /etc/systemd/system/mv6-demo.service
+    mode: "0644"
+  notify: Restart the demo service
+- name: Set the demo's mode
+  ansible.builtin.lineinfile:
+    path: /etc/mv6-demo.conf
+    regexp: "^mode="
+    line: "mode=agent"
+  notify: Restart the demo service
+- name: Run the demo service
+  ansible.builtin.systemd_service:
+    name: mv6-demo.service
+    state: started
+    enabled: true
+    daemon_reload: true
+""",
+    "handlers/main.yml": """
+- name: Restart the demo service
+  ansible.builtin.systemd_service:
+    name: mv6-demo.service
+    state: restarted
+""",
+    "templates/demo.conf.j2": (
+        "guest={{ inventory_hostname }}\nhypervisor={{ mv6_guest_hypervisor }}\nmode=template\n"
+    ),
+    "files/mv6-demo.service": (
+        "[Unit]\nDescription=mv6 demo\n[Service]\n"
+        "ExecStart=/bin/sh -c 'cat /etc/mv6-demo.conf > /run/mv6-demo.seen; exec sleep infinity'\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    ),
+}
+
+AGENT_PLAY = """
+- name: Guests of this hypervisor
+  hosts: localhost
+  gather_facts: false
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  roles:
+    - role: mv6.transition.guest
+
+- name: A user's own work in the guest, over the guest_agent connection
+  hosts: mv6_guests
+  gather_facts: false
+  tasks:
+    - name: The connection the guest got
+      ansible.builtin.assert:
+        that: ansible_connection == 'mv6.transition.guest_agent'
+    - name: Apply the demo role
+      ansible.builtin.include_role:
+        name: demo
+    - name: Copy 1 MiB in
+      ansible.builtin.copy:
+        src: "{{ agent_blob }}"
+        dest: /root/blob.bin
+        mode: "0600"
+    - name: Fetch it back
+      ansible.builtin.fetch:
+        src: /root/blob.bin
+        dest: "{{ agent_fetched }}/"
+        flat: true
+    - name: Output far past one agent reply (libvirt refuses a reply over 10 MiB)
+      ansible.builtin.shell: head -c 11000000 /dev/zero | tr '\\0' x
+      register: agent_big
+      changed_when: false
+    - name: As another guest user, with runuser (pipelined)
+      ansible.builtin.command: id -un
+      become: true
+      become_user: nobody
+      register: agent_runuser
+      changed_when: false
+    - name: As another guest user, with su
+      ansible.builtin.command: id -un
+      become: true
+      become_method: ansible.builtin.su
+      become_user: nobody
+      register: agent_su
+      changed_when: false
+    - name: Facts
+      ansible.builtin.setup:
+        gather_subset: [min]
+    - name: A command past its bound is killed with its children
+      ansible.builtin.shell: sleep 567 & sleep 568
+      vars:
+        mv6_guest_agent_exec_timeout: 3
+      register: agent_slow
+      ignore_errors: true
+    - name: Report
+      ansible.builtin.copy:
+        dest: "{{ agent_report }}"
+        content: "{{ {'big': agent_big.stdout | length, 'runuser': agent_runuser.stdout,
+                      'su': agent_su.stdout, 'slow': agent_slow.msg | default(''),
+                      'distribution': ansible_facts.distribution | default('')} | to_json }}"
+        mode: "0644"
+      delegate_to: localhost
+"""
+
+
+def agent_playbook(lab, tmp: Path, *args: str) -> tuple[int, str]:
+    work = WORK / "agent"
+    shutil.rmtree(work, ignore_errors=True)
+    for rel, text in AGENT_ROLE.items():
+        path = work / "roles" / "demo" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (work / "site.yml").write_text(AGENT_PLAY)
+    blob = tmp / "blob.bin"
+    blob.write_bytes(os.urandom(1 << 20))
+    extra = dict(
+        lab["base"],
+        mv6_guests=[GUEST_ITEM],
+        agent_blob=str(blob),
+        agent_fetched=str(tmp / "fetched"),
+        agent_report=str(tmp / "report.json"),
+    )
+    rc, out, _recap = playbook(work, extra, *args)
+    return rc, out
+
+
+def test_a_users_role_runs_in_the_guest_over_the_agent_connection(lab, tmp_path):
+    rc, out = agent_playbook(lab, tmp_path)
+    assert rc == 0, out[-6000:]
+    recap = re.search(rf"^{GUEST}\s+:\s+(.*)$", out, re.M)
+    assert recap and "failed=0" in recap.group(1) and "unreachable=0" in recap.group(1), out[-4000:]
+    # What the role did, read back through the agent by another path (virsh, not Ansible).
+    assert guest_exec(GUEST, "/bin/cat", "/etc/mv6-demo.conf") == (
+        0,
+        f"guest={GUEST}\nhypervisor=localhost\nmode=agent\n",
+    )
+    code, state = guest_exec(GUEST, "/bin/systemctl", "is-active", "mv6-demo.service")
+    assert (code, state.strip()) == (0, "active")
+    # The handler ran once, after all three changes: the service saw the final file.
+    assert guest_exec(GUEST, "/bin/cat", "/run/mv6-demo.seen")[1].endswith("mode=agent\n")
+    assert out.count("RUNNING HANDLER [demo : Restart the demo service]") == 1
+    # Files both ways, whole.
+    assert sha256(str(tmp_path / "fetched")) == sha256(str(tmp_path / "blob.bin"))
+    code, digest = guest_exec(GUEST, "/usr/bin/sha256sum", "/root/blob.bin")
+    assert digest.split()[0] == sha256(str(tmp_path / "blob.bin"))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["big"] == 11_000_000
+    assert report["runuser"] == "nobody" and report["su"] == "nobody"
+    assert report["distribution"] == "Debian"
+    assert "ran longer than 3 s and was killed" in report["slow"], report
+    assert "mv6_guest_agent_exec_timeout" in report["slow"]
+    code, procs = guest_exec(
+        GUEST,
+        "/bin/sh",
+        "-c",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done 2>/dev/null",
+    )
+    assert "sleep 567" not in procs and "sleep 568" not in procs, procs
+    # Nothing left behind in the guest's work directory, and the agent still answers.
+    assert guest_exec(GUEST, "/bin/ls", "-A", "/var/tmp/mv6-agent") == (0, "")
+    assert agent(GUEST, {"execute": "guest-ping"}) == {}
+
+    # A second run changes nothing.
+    rc, out = agent_playbook(lab, tmp_path)
+    assert rc == 0, out[-6000:]
+    recap = re.search(rf"^{GUEST}\s+:\s+(.*)$", out, re.M)
+    assert recap and "changed=0" in recap.group(1), out[-4000:]
+
+
+def test_a_guest_whose_agent_cannot_answer_is_unreachable_and_named(lab, tmp_path):
+    """A paused guest's agent cannot answer: the run reports the guest unreachable and names
+    it, its hypervisor and its serial log."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        "localhost": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": str(BIN / "python"),
+                        },
+                        GUEST: {
+                            "ansible_connection": "mv6.transition.guest_agent",
+                            "mv6_guest_hypervisor": "localhost",
+                            "mv6_guest_agent_command_timeout": 5,
+                        },
+                    }
+                }
+            }
+        )
+    )
+    env = dict(os.environ, ANSIBLE_CONFIG=str(TOP / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    sh("virsh", "-c", URI, "suspend", GUEST)
+    try:
+        proc = subprocess.run(
+            [str(BIN / "ansible"), "-i", str(inventory), GUEST, "-m", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    finally:
+        sh("virsh", "-c", URI, "resume", GUEST)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 4, out  # 4: a host was unreachable
+    assert "UNREACHABLE" in out and f"guest {GUEST} on hypervisor localhost" in out, out
+    assert str(WORK / "guests" / GUEST / "serial.log") in out, out
+    assert agent(GUEST, {"execute": "guest-ping"}) == {}
+
+
 def write_marker(name: str) -> None:
     code, _output = guest_exec(GUEST, "/bin/sh", "-c", f"echo mv6 > /root/{name} && sync")
     assert code == 0
