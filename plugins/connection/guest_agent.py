@@ -48,6 +48,16 @@ options:
     required: true
     vars:
       - name: mv6_guest_hypervisor
+  hypervisor_connection:
+    description:
+      - The connection plugin that reaches the hypervisor. When unset, the hypervisor's
+        C(ansible_connection) from the inventory, else the command line's or C(ansible.cfg)'s
+        (C(ssh)).
+      - roles/guest sets it to the connection its own play used for the hypervisor, so that a
+        play's own C(ansible_connection=local) reaches the guests too.
+    type: str
+    vars:
+      - name: mv6_guest_agent_hypervisor_connection
   libvirt_uri:
     description: The libvirt URI on the hypervisor, as seen from the hypervisor itself.
     type: str
@@ -86,6 +96,18 @@ options:
     default: ""
     vars:
       - name: mv6_guest_serial_log
+  module_cache:
+    description:
+      - Keep the compiled code of pipelined modules' sources in the guest (in
+        C(/var/cache/mv6-agent), root only), so its Python does not compile every
+        C(module_utils) file from source at every task. That compile is most of a module
+        task's time in a TCG guest.
+      - The cache is keyed by each source's SHA-256. Under C(become) to another user it is
+        not readable, and modules compile as usual.
+    type: bool
+    default: true
+    vars:
+      - name: mv6_guest_agent_module_cache
   pipelining:
     description:
       - Send modules as the exec's input instead of as a file.
@@ -178,13 +200,14 @@ class Connection(ConnectionBase):
         name = options.get("mv6_guest_hypervisor")
         if name:
             hostvars = variables.get("hostvars") or {}
-            try:
-                self._hv_vars = hostvars[name]
-            except KeyError:
+            # Ansible's HostVars answers any name (an undefined marker that fails later with
+            # "A required TemplateContext context is not active"): ask first.
+            if name not in hostvars:
                 raise AnsibleError(
                     f"mv6_guest_hypervisor: {name!r} of guest"
                     f" {variables.get('inventory_hostname')!r} is not a host of the inventory"
-                ) from None
+                )
+            self._hv_vars = hostvars[name]
             self._hv_name = name
         return options
 
@@ -195,7 +218,7 @@ class Connection(ConnectionBase):
             return default
 
     def _hv_connection_name(self) -> str:
-        name = self._hv_get("ansible_connection")
+        name = self.get_option("hypervisor_connection") or self._hv_get("ansible_connection")
         if not name:
             name = context.CLIARGS.get("connection") or C.DEFAULT_TRANSPORT
         name = str(name)
@@ -329,7 +352,10 @@ class Connection(ConnectionBase):
             "argv": ["/bin/sh", "-c", to_text(cmd, errors="surrogate_or_strict")],
             "timeout": self.get_option("exec_timeout"),
         }
-        reply, data = self._call(request, to_bytes(in_data or b""))
+        stdin = to_bytes(in_data or b"")
+        if stdin and self.get_option("module_cache"):
+            stdin = helper.with_module_cache(stdin)
+        reply, data = self._call(request, stdin)
         return reply["rc"], data[: reply["out"]], data[reply["out"] :]
 
     def put_file(self, in_path, out_path):
@@ -338,19 +364,27 @@ class Connection(ConnectionBase):
         if not os.path.isfile(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
         digest = hashlib.sha256()
-        size = os.path.getsize(in_path)
         offset = 0
         with open(in_path, "rb") as f:
+            before = os.fstat(f.fileno())
             while True:
                 segment = f.read(helper.SEGMENT)
                 digest.update(segment)
-                final = offset + len(segment) >= size
+                # The size it had, or a short read, ends the copy: a file that shrinks
+                # meanwhile cannot loop.
+                final = len(segment) < helper.SEGMENT or offset + len(segment) >= before.st_size
                 reply, _ = self._call(
                     {"op": "put", "path": out_path, "offset": offset, "final": final}, segment
                 )
                 offset += len(segment)
                 if final:
                     break
+            after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise AnsibleError(
+                f"guest {self._guest()}: {in_path} changed while it was copied to {out_path};"
+                " copy it again"
+            )
         if reply.get("sha256") != digest.hexdigest():
             raise AnsibleError(
                 f"guest {self._guest()}: {out_path} does not match {in_path} after the copy"
