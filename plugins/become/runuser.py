@@ -11,7 +11,7 @@ author: mv6.transition developers
 description:
   - Runs the task's command as O(become_user) with C(runuser -u USER --), from util-linux.
   - For hosts that are reached as root and have no sudo, such as MV6 guests over
-    M(mv6.transition.guest_agent)'s agent connection. runuser never asks for a password and
+    P(mv6.transition.guest_agent#connection)'s agent connection. runuser never asks for a password and
     works only from root.
   - Unlike C(su), it keeps module pipelining, so a task still costs one exec.
 options:
@@ -25,8 +25,6 @@ options:
     vars:
       - name: ansible_become_user
       - name: ansible_runuser_user
-    env:
-      - name: ANSIBLE_BECOME_USER
     keyword:
       - name: become_user
   become_exe:

@@ -389,6 +389,9 @@ AGENT_PLAY = """
                       'distribution': ansible_facts.distribution | default('')} | to_json }}"
         mode: "0644"
       delegate_to: localhost
+      connection: local
+      vars:
+        ansible_python_interpreter: "{{ ansible_playbook_python }}"
 """
 
 
@@ -429,7 +432,7 @@ def test_a_users_role_runs_in_the_guest_over_the_agent_connection(lab, tmp_path)
     assert guest_exec(GUEST, "/bin/cat", "/run/mv6-demo.seen")[1].endswith("mode=agent\n")
     assert out.count("RUNNING HANDLER [demo : Restart the demo service]") == 1
     # Files both ways, whole.
-    assert sha256(str(tmp_path / "fetched")) == sha256(str(tmp_path / "blob.bin"))
+    assert sha256(str(tmp_path / "fetched" / "blob.bin")) == sha256(str(tmp_path / "blob.bin"))
     code, digest = guest_exec(GUEST, "/usr/bin/sha256sum", "/root/blob.bin")
     assert digest.split()[0] == sha256(str(tmp_path / "blob.bin"))
     report = json.loads((tmp_path / "report.json").read_text())
