@@ -10,9 +10,9 @@ version_added: 1.0.0
 author: mv6.transition developers
 description:
   - Runs the task's command as O(become_user) with C(runuser -u USER --), from util-linux.
-  - For hosts that are reached as root and have no sudo, such as MV6 guests over
-    P(mv6.transition.guest_agent#connection)'s agent connection. runuser never asks for a password and
-    works only from root.
+  - For hosts that are reached as root and have no sudo, such as MV6 guests over the
+    P(mv6.transition.guest_agent#connection) connection. runuser never asks for a
+    password and works only from root.
   - Unlike C(su), it keeps module pipelining, so a task still costs one exec.
 options:
   become_user:
