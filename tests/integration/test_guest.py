@@ -298,9 +298,11 @@ AGENT_ROLE = {
   notify: Restart the demo service
 - name: Set the demo's mode
   ansible.builtin.lineinfile:
-    path: /etc/mv6-demo.conf
-    regexp: "^mode="
-    line: "mode=agent"
+    path: /etc/default/mv6-demo
+    regexp: "^MODE="
+    line: "MODE=agent"
+    create: true
+    mode: "0644"
   notify: Restart the demo service
 - name: Run the demo service
   ansible.builtin.systemd_service:
@@ -316,11 +318,12 @@ AGENT_ROLE = {
     state: restarted
 """,
     "templates/demo.conf.j2": (
-        "guest={{ inventory_hostname }}\nhypervisor={{ mv6_guest_hypervisor }}\nmode=template\n"
+        "guest={{ inventory_hostname }}\nhypervisor={{ mv6_guest_hypervisor }}\n"
     ),
     "files/mv6-demo.service": (
         "[Unit]\nDescription=mv6 demo\n[Service]\n"
-        "ExecStart=/bin/sh -c 'cat /etc/mv6-demo.conf > /run/mv6-demo.seen; exec sleep infinity'\n"
+        "ExecStart=/bin/sh -c 'cat /etc/mv6-demo.conf /etc/default/mv6-demo > /run/mv6-demo.seen;"
+        " exec sleep infinity'\n"
         "[Install]\nWantedBy=multi-user.target\n"
     ),
 }
@@ -404,7 +407,8 @@ def agent_playbook(lab, tmp: Path, *args: str) -> tuple[int, str]:
         path.write_text(text)
     (work / "site.yml").write_text(AGENT_PLAY)
     blob = tmp / "blob.bin"
-    blob.write_bytes(os.urandom(1 << 20))
+    if not blob.exists():
+        blob.write_bytes(os.urandom(1 << 20))
     extra = dict(
         lab["base"],
         mv6_guests=[GUEST_ITEM],
@@ -424,12 +428,12 @@ def test_a_users_role_runs_in_the_guest_over_the_agent_connection(lab, tmp_path)
     # What the role did, read back through the agent by another path (virsh, not Ansible).
     assert guest_exec(GUEST, "/bin/cat", "/etc/mv6-demo.conf") == (
         0,
-        f"guest={GUEST}\nhypervisor=localhost\nmode=agent\n",
+        f"guest={GUEST}\nhypervisor=localhost\n",
     )
     code, state = guest_exec(GUEST, "/bin/systemctl", "is-active", "mv6-demo.service")
     assert (code, state.strip()) == (0, "active")
     # The handler ran once, after all three changes: the service saw the final file.
-    assert guest_exec(GUEST, "/bin/cat", "/run/mv6-demo.seen")[1].endswith("mode=agent\n")
+    assert guest_exec(GUEST, "/bin/cat", "/run/mv6-demo.seen")[1].endswith("MODE=agent\n")
     assert out.count("RUNNING HANDLER [demo : Restart the demo service]") == 1
     # Files both ways, whole.
     assert sha256(str(tmp_path / "fetched" / "blob.bin")) == sha256(str(tmp_path / "blob.bin"))
