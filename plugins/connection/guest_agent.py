@@ -154,6 +154,7 @@ import copy  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ansible import constants as C  # noqa: E402
@@ -169,6 +170,12 @@ from ansible_collections.mv6.transition.plugins.module_utils import _guest_agent
 display = Display()
 
 _SELF = ("guest_agent", "mv6.transition.guest_agent")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _helper_source() -> bytes:
@@ -396,9 +403,14 @@ class Connection(ConnectionBase):
         display.vvv(f"GUEST_AGENT FETCH {in_path} TO {out_path}", host=self._guest())
         digest = hashlib.sha256()
         offset = 0
-        partial = to_bytes(out_path, errors="surrogate_or_strict") + b".mv6-partial"
+        dest = to_bytes(out_path, errors="surrogate_or_strict")
+        # A file of its own beside the destination: no fixed name to plant a link at, no two
+        # forks writing one file.
+        fd, partial = tempfile.mkstemp(
+            dir=os.path.dirname(dest) or b".", prefix=b".mv6-fetch-", suffix=b".partial"
+        )
         try:
-            with open(partial, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 while True:
                     reply, data = self._call(
                         {"op": "fetch", "path": in_path, "offset": offset, "limit": helper.SEGMENT}
@@ -408,13 +420,18 @@ class Connection(ConnectionBase):
                     offset += len(data)
                     if reply.get("eof"):
                         break
+                    if not data:
+                        raise AnsibleError(
+                            f"guest {self._guest()}: {in_path} gave no data before its end"
+                        )
             if reply.get("sha256") != digest.hexdigest():
                 raise AnsibleError(
                     f"guest {self._guest()}: {in_path} changed while it was fetched or was"
                     f" damaged (sha256 {reply.get('sha256')} in the guest,"
                     f" {digest.hexdigest()} here)"
                 )
-            os.replace(partial, to_bytes(out_path, errors="surrogate_or_strict"))
+            os.chmod(partial, 0o666 & ~_umask())
+            os.replace(partial, dest)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)

@@ -48,8 +48,14 @@ MAGIC = b"MV6AGENT1"
 WRITE_CHUNK = 128 << 10
 VIRSH_WRITE_CHUNK = 64 << 10
 READ_CHUNK = 1 << 20
-# Output of one command carried through the connection at all (read in READ_CHUNK pieces).
-OUTPUT_MAX = 256 << 20
+# Output of one command carried through the connection at all (read in READ_CHUNK pieces): it
+# is held a few times over in memory on the hypervisor and on the controller.
+OUTPUT_MAX = 64 << 20
+# Error text from the guest (an agent's message, a command's stderr) kept in a reply.
+ERROR_MAX = 4096
+# Seconds an operation may take beyond its command's own bound: a guest that answers one
+# byte per read cannot keep the helper busy without end.
+OP_SLACK = 600
 # Bytes of a file per helper call: memory on both ends stays bounded for files of any size.
 SEGMENT = 16 << 20
 # The header is JSON of a few fields; a bigger one is not ours.
@@ -69,11 +75,13 @@ GUEST_ENV = [
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG=C.UTF-8",
 ]
-# The work files of execs: each exec's stdout and stderr (and its stdin when that is too big for
-# guest-exec), in a directory only root may enter. On disk, not in /run: a big output filled the
-# guest's small /run tmpfs, where qemu-ga keeps its own state, and broke the agent
-# ("failed to commit persistent state to disk").
-STAGING = "/var/tmp/mv6-agent"
+# The work files of execs: each exec's stdout and stderr, and its stdin when that is too big for
+# guest-exec (every AnsiballZ module of ansible-core 2.19 is), in a directory only root may
+# enter (qemu-ga makes the files it creates 0666). Under /var/lib, where only root may create
+# it: in world-writable /var/tmp any user could have made it first. On disk, not in /run: a
+# big output filled the guest's small /run tmpfs, where qemu-ga keeps its own state, and
+# broke the agent ("failed to commit persistent state to disk").
+STAGING = "/var/lib/mv6-agent"
 # The guest's side of an exec: one shell that makes STAGING the first time, takes its stdin from
 # the staged file when there is one, sends its output to the work files and runs the command.
 # Output goes to files, never into the agent's reply: a reply over libvirt's 10 MiB leaves the
@@ -114,6 +122,18 @@ def _mv6_cache():
     if not tag:
         return
     root = @CACHE@ + "/" + tag
+    state = {}
+    def trusted():
+        # Only a cache this user owns, that nobody else may write, and not through a link.
+        if "ok" not in state:
+            try:
+                st = os.lstat(root)
+                import stat
+                state["ok"] = (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                               and not st.st_mode & 0o022)
+            except OSError:
+                state["ok"] = None
+        return state["ok"]
     def rename(code, pathname):
         consts = tuple(rename(c, pathname) if isinstance(c, type(code)) else c
                        for c in code.co_consts)
@@ -121,20 +141,31 @@ def _mv6_cache():
     def cached(pathname, source):
         key = hashlib.sha256(b"%d:" % _mv6_sys.flags.optimize + source).hexdigest()
         path = os.path.join(root, key)
-        try:
-            with open(path, "rb") as f:
-                return rename(marshal.load(f), pathname)
-        except Exception:
-            pass
+        if trusted():
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                with os.fdopen(fd, "rb") as f:
+                    return rename(marshal.load(f), pathname)
+            except Exception:
+                pass
         code = compile_source(pathname, source)
+        if trusted() is False:
+            return code
+        tmp = "%s.%d" % (path, os.getpid())
         try:
-            os.makedirs(root, mode=0o700, exist_ok=True)
-            tmp = "%s.%d" % (path, os.getpid())
+            if trusted() is None:
+                os.makedirs(root, mode=0o700, exist_ok=True)
+                state.clear()
+                if not trusted():
+                    return code
             with open(tmp, "wb") as f:
                 marshal.dump(code, f)
             os.replace(tmp, path)
         except Exception:
-            pass
+            try:
+                os.unlink(tmp)
+            except Exception:
+                pass
         return code
     zipimport._compile_source = cached
 _mv6_cache()
@@ -370,8 +401,15 @@ class Agent:
     # misses one deadline. guest-exec itself is never repeated.
     STATUS_ATTEMPTS = 3
 
-    def __init__(self, transport, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, transport, clock=time.monotonic, sleep=time.sleep, budget=None):
         self.t, self.clock, self.sleep = transport, clock, sleep
+        # The whole operation's deadline (handle() sets it): loops of agent commands stop
+        # there whatever the guest answers.
+        self.deadline = None if budget is None else clock() + budget
+
+    def _in_time(self, what: str) -> None:
+        if self.deadline is not None and self.clock() > self.deadline:
+            raise AgentError(f"{what} took longer than this operation may take", timed_out=True)
 
     def _status(self, pid: int) -> dict:
         for attempt in range(1, self.STATUS_ATTEMPTS + 1):
@@ -411,11 +449,15 @@ class Agent:
             self.sleep(0.005 if elapsed < 0.2 else 0.02 if elapsed < 2 else 0.05)
 
     def kill(self, pid: int) -> None:
-        try:
-            self.exec_raw(["/bin/sh", "-c", _KILL_SCRIPT, "sh", str(pid)], timeout=30)
-            self.wait(pid, 30)
-        except AgentError:
-            pass
+        """Kill the process tree of *pid* and reap it; gives up quietly after 30 s (a process
+        in D state, an agent that never reports an exit)."""
+        give_up = self.clock() + 30
+        with contextlib.suppress(AgentError):
+            pending = [pid, self.spawn(["/bin/sh", "-c", _KILL_SCRIPT, "sh", str(pid)])]
+            while pending and self.clock() < give_up:
+                pending = [p for p in pending if not self._status(p).get("exited")]
+                if pending:
+                    self.sleep(0.05)
 
     def exec_raw(self, argv: list[str], stdin: bytes = b"", timeout: float = 600) -> dict:
         """One guest-exec with its output in the agent's reply: only for the helper's own
@@ -432,14 +474,20 @@ class Agent:
         READ_CHUNK pieces, at most OUTPUT_MAX bytes)."""
         work = f"{STAGING}/{base64.b32encode(os.urandom(10)).decode().lower()}"
         if len(stdin) > self.t.chunk:
-            # Too big for one agent command: to a work file first (qemu-ga creates files
-            # 0666 less its umask; the directory is root's only).
-            made = self.exec_raw(["/bin/sh", "-c", _MAKE_DIR])
-            if made["rc"] != 0:
-                raise AgentError(f"cannot make {STAGING} in the guest")
+            # Too big for one agent command: to a work file first. The directory is made
+            # (an exec) only when the file cannot be opened, the first time in a guest.
             stdin, staged = b"", stdin
             try:
-                self.write_file(work + ".in", staged, mode="w")
+                try:
+                    handle = self._open(work + ".in", "w")
+                except AgentError as e:
+                    if e.unreachable:
+                        raise
+                    made = self.exec_raw(["/bin/sh", "-c", _MAKE_DIR])
+                    if made["rc"] != 0:
+                        raise AgentError(f"cannot make {STAGING} in the guest") from None
+                    handle = self._open(work + ".in", "w")
+                self.write_file(work + ".in", staged, mode="w", handle=handle)
             except AgentError:
                 self._remove(work)
                 raise
@@ -475,11 +523,13 @@ class Agent:
         with contextlib.suppress(AgentError):
             self.exec_raw(["/bin/rm", "-f", "--", work + ".in", work + ".out", work + ".err"])
 
-    def write_file(self, path: str, data: bytes, mode: str) -> None:
-        handle = self._open(path, mode)
+    def write_file(self, path: str, data: bytes, mode: str, handle: int | None = None) -> None:
+        if handle is None:
+            handle = self._open(path, mode)
         try:
             view = memoryview(data)
             while view:
+                self._in_time(f"writing {path}")
                 piece = view[: self.t.chunk]
                 count = self.t.command(
                     "guest-file-write",
@@ -491,15 +541,29 @@ class Agent:
         finally:
             self.t.command("guest-file-close", {"handle": handle})
 
-    def read_file(self, path: str, offset: int, limit: int) -> tuple[bytes, bool]:
+    def read_file(
+        self, path: str, offset: int, limit: int, sized: bool = False
+    ) -> tuple[bytes, bool]:
+        """Up to *limit* bytes of *path* from *offset*, and whether its end was reached. With
+        *sized*, the end is the file's size when it was opened (a file that grows, or
+        /dev/zero put in its place, ends there)."""
         handle = self._open(path, "r")
         parts, size, eof = [], 0, False
         try:
-            if offset:
+            if sized:
+                end = int(
+                    self.t.command(
+                        "guest-file-seek", {"handle": handle, "offset": 0, "whence": "end"}
+                    )["position"]
+                )
+                limit = max(0, min(limit, end - offset))
+                eof = offset + limit >= end
+            if offset or sized:
                 self.t.command(
                     "guest-file-seek", {"handle": handle, "offset": offset, "whence": "set"}
                 )
             while size < limit:
+                self._in_time(f"reading {path}")
                 reply = self.t.command(
                     "guest-file-read", {"handle": handle, "count": min(READ_CHUNK, limit - size)}
                 )
@@ -509,6 +573,8 @@ class Agent:
                 if reply.get("eof") or not piece:
                     eof = True
                     break
+            if sized and size < limit:
+                raise AgentError(f"{path} became shorter while it was read")
         finally:
             self.t.command("guest-file-close", {"handle": handle})
         return b"".join(parts), eof
@@ -518,7 +584,7 @@ class Agent:
         digest = result["out"].split(b" ", 1)[0].decode(errors="replace")
         if result["rc"] != 0 or not re.fullmatch(r"[0-9a-f]{64}", digest):
             text = result["err"].decode(errors="replace").strip()
-            raise AgentError(f"sha256sum {path} failed in the guest: {text}")
+            raise AgentError(f"sha256sum {path} failed in the guest: {text[:ERROR_MAX]}")
         return digest
 
 
@@ -530,10 +596,11 @@ def _exit_code(status: dict) -> int:
 
 def handle(request: dict, payload: bytes, transport) -> tuple[dict, bytes]:
     """One request: its reply header and payload."""
-    agent = Agent(transport)
     op = request.get("op")
+    timeout = float(request.get("timeout") or 3600)
+    agent = Agent(transport, budget=(timeout if op == "exec" else 3600) + OP_SLACK)
     if op == "exec":
-        result = agent.run(request["argv"], payload, float(request.get("timeout") or 3600))
+        result = agent.run(request["argv"], payload, timeout)
         out, err = result["out"], result["err"]
         reply = {"rc": result["rc"], "out": len(out)}
         return reply, out + err
@@ -545,7 +612,8 @@ def handle(request: dict, payload: bytes, transport) -> tuple[dict, bytes]:
         return reply, b""
     if op == "fetch":
         limit = min(int(request.get("limit") or SEGMENT), SEGMENT)
-        data, eof = agent.read_file(request["path"], int(request.get("offset") or 0), limit)
+        offset = int(request.get("offset") or 0)
+        data, eof = agent.read_file(request["path"], offset, limit, sized=True)
         reply = {"eof": eof}
         if eof:
             reply["sha256"] = agent.sha256(request["path"])
@@ -564,14 +632,17 @@ def main(stdin, stdout) -> int:
         transport = open_transport(request)
         reply, data = handle(request, payload, transport)
     except AgentError as e:
-        reply, data = {"error": str(e), "unreachable": e.unreachable}, b""
+        reply, data = {"error": str(e)[:ERROR_MAX], "unreachable": e.unreachable}, b""
         if e.timed_out:
             reply["timed_out"] = True
         if e.unreachable:
             xml = transport.domain_xml() if transport is not None else ""
             reply["serial_logs"] = serial_logs(xml)
     except (FrameError, ValueError, KeyError, TypeError) as e:
-        reply, data = {"error": f"bad request: {e}", "unreachable": False}, b""
+        reply, data = {"error": f"bad request: {e}"[:ERROR_MAX], "unreachable": False}, b""
+    except Exception as e:  # an agent's reply of an unexpected shape, an OS error: say so
+        text = f"{type(e).__name__}: {e}"[:ERROR_MAX]
+        reply, data = {"error": f"the helper failed: {text}", "unreachable": False}, b""
     reply["transport"] = getattr(transport, "name", None)
     stdout.write(frame(reply, data))
     stdout.flush()

@@ -36,7 +36,7 @@ from ansible_collections.mv6.transition.plugins.module_utils import _guest_agent
 COLLECTIONS = Path(__file__).resolve().parents[2] / ".collections"
 
 PLUGIN = "mv6.transition.guest_agent"
-REAL_STAGING = "/var/tmp/mv6-agent"
+REAL_STAGING = "/var/lib/mv6-agent"
 LIBVIRT_REPLY_MAX = 10 << 20
 AgentError = ga.AgentError
 
@@ -534,14 +534,18 @@ def test_fetch_offset_limit_eof_sha256(tmp_path, transport):
         {"eof": True, "sha256": digest},
         b"89",
     )
-    # A segment that ends exactly at the end of the file: eof comes with the next, empty one.
-    assert run_op(transport, {**fetch, "offset": 6, "limit": 4}) == ({"eof": False}, b"6789")
+    # A segment that ends exactly at the end of the file (its size when the read began) is the
+    # last; one past the end is empty and the last too.
+    assert run_op(transport, {**fetch, "offset": 6, "limit": 4}) == (
+        {"eof": True, "sha256": digest},
+        b"6789",
+    )
     assert run_op(transport, {**fetch, "offset": 10, "limit": 4}) == (
         {"eof": True, "sha256": digest},
         b"",
     )
-    seeks = transport.args_of("guest-file-seek")
-    assert [s["offset"] for s in seeks] == [4, 8, 6, 10]
+    seeks = [s for s in transport.args_of("guest-file-seek") if s["whence"] == "set"]
+    assert [s["offset"] for s in seeks] == [0, 4, 8, 6, 10]
 
 
 def test_fetch_limit_is_bounded_by_segment(tmp_path, transport, monkeypatch):
@@ -565,7 +569,11 @@ def test_fetch_big_file_reads_in_read_chunks(tmp_path, transport):
     reply, data = run_op(transport, {"op": "fetch", "path": str(path)})
     assert data == content
     assert reply == {"eof": True, "sha256": hashlib.sha256(content).hexdigest()}
-    assert [a["count"] for a in transport.args_of("guest-file-read")] == [ga.READ_CHUNK] * 3
+    assert [a["count"] for a in transport.args_of("guest-file-read")] == [
+        ga.READ_CHUNK,
+        ga.READ_CHUNK,
+        5,
+    ]
 
 
 def test_fetch_missing_file(tmp_path, transport):
