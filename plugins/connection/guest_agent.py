@@ -155,6 +155,7 @@ import hashlib  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ansible import constants as C  # noqa: E402
@@ -316,7 +317,13 @@ class Connection(ConnectionBase):
         cmd = f"{shlex.quote(self._hv_python())} -c {shlex.quote(helper.BOOTSTRAP)}"
         if self._hv_become is not None:
             cmd = self._hv_become.build_become_command(cmd, self._via._shell)
+        start = time.monotonic()
         rc, out, err = self._via.exec_command(cmd, in_data=stdin, sudoable=True)
+        display.vvvv(
+            f"GUEST_AGENT {request['op']} through {self._hv_name}:"
+            f" {time.monotonic() - start:.3f} s",
+            host=self._guest(),
+        )
         try:
             reply, data = helper.unframe(out)
         except helper.FrameError as e:
