@@ -84,9 +84,9 @@ def floors(guest: str, repeats: int, env: dict, inventory: Path) -> dict:
     conn = libvirt.open("qemu:///system")
     domain = conn.lookupByName(guest)
     out = {
-        "bare_agent_exec_true": [agent_exec(domain, ["/bin/true"]) for _ in range(repeats)],
+        "bare_agent_exec_true": [agent_exec(domain, ["/bin/true"]) for _i in range(repeats)],
         "guest_python3_c_pass": [
-            agent_exec(domain, ["/usr/bin/python3", "-c", "pass"]) for _ in range(repeats)
+            agent_exec(domain, ["/usr/bin/python3", "-c", "pass"]) for _i in range(repeats)
         ],
     }
     # The ping module's own run in the guest, from the file a kept remote tmp leaves.
@@ -143,7 +143,7 @@ def floors(guest: str, repeats: int, env: dict, inventory: Path) -> dict:
         path = base64.b64decode(status.get("out-data", "")).decode().strip()
         if path:
             out["ping_module_in_guest"] = [
-                agent_exec(domain, ["/usr/bin/python3", path]) for _ in range(repeats)
+                agent_exec(domain, ["/usr/bin/python3", path]) for _i in range(repeats)
             ]
             agent_exec(domain, ["/bin/sh", "-c", "rm -rf /root/.ansible/tmp/ansible-tmp-*"])
     return out

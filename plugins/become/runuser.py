@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 name: runuser
 short_description: Run a task as another user with util-linux runuser, from root
 version_added: 1.0.0
-author: mv6.transition developers
+author:
+  - mv6.transition developers (@mv6-transition)
 description:
   - Runs the task's command as O(become_user) with C(runuser -u USER --), from util-linux.
   - For hosts that are reached as root and have no sudo, such as MV6 guests over the

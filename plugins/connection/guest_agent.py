@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 name: guest_agent
 short_description: Run tasks in MV6 guests over the QEMU guest agent, through their hypervisor
 version_added: 1.0.0
-author: mv6.transition developers
+author:
+  - mv6.transition developers (@mv6-transition)
 description:
   - Reaches a guest that the controller has no network path to (an IPv6-only guest of an
     IPv4 site, say) over its QEMU guest agent, B(through its hypervisor's own inventory
@@ -387,9 +388,9 @@ class Connection(ConnectionBase):
                 # The size it had, or a short read, ends the copy: a file that shrinks
                 # meanwhile cannot loop.
                 final = len(segment) < helper.SEGMENT or offset + len(segment) >= before.st_size
-                reply, _ = self._call(
+                reply = self._call(
                     {"op": "put", "path": out_path, "offset": offset, "final": final}, segment
-                )
+                )[0]
                 offset += len(segment)
                 if final:
                     break

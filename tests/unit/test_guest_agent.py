@@ -99,7 +99,7 @@ class FakeAgentTransport:
         return self.AgentError(message, unreachable=unreachable)
 
     def count(self, execute: str) -> int:
-        return sum(1 for e, _ in self.calls if e == execute)
+        return sum(1 for e, _args in self.calls if e == execute)
 
     def args_of(self, execute: str) -> list[dict]:
         return [a for e, a in self.calls if e == execute]
@@ -337,7 +337,7 @@ def test_exec_rc_stdout_stderr(staging, transport):
 
 
 def test_exec_killed_by_a_signal_is_128_plus_signal(staging, transport):
-    reply, _ = run_op(transport, {"op": "exec", "argv": ["/bin/sh", "-c", "kill -TERM $$"]})
+    reply, _data = run_op(transport, {"op": "exec", "argv": ["/bin/sh", "-c", "kill -TERM $$"]})
     assert reply["rc"] == 128 + 15
 
 
@@ -367,7 +367,7 @@ def test_exec_stdin_bigger_than_chunk_is_staged_through_a_file(staging, transpor
 def test_exec_stdin_exactly_chunk_goes_inline(staging, transport):
     transport.chunk = 4096
     stdin = b"s" * 4096
-    _, data = run_op(transport, {"op": "exec", "argv": ["/bin/cat"]}, stdin)
+    _reply, data = run_op(transport, {"op": "exec", "argv": ["/bin/cat"]}, stdin)
     assert data == stdin
     assert transport.count("guest-file-write") == 0
 
@@ -375,7 +375,7 @@ def test_exec_stdin_exactly_chunk_goes_inline(staging, transport):
 def test_agent_short_writes_are_continued(staging, transport):
     transport.chunk, transport.write_max = 4096, 1000
     stdin = os.urandom(9000)
-    _, data = run_op(transport, {"op": "exec", "argv": ["/bin/cat"]}, stdin)
+    _reply, data = run_op(transport, {"op": "exec", "argv": ["/bin/cat"]}, stdin)
     assert data == stdin
 
 
@@ -453,7 +453,7 @@ def test_staging_that_cannot_be_made_is_reported(tmp_path, monkeypatch, transpor
 
 
 def test_a_command_exiting_125_is_not_a_staging_failure(staging, transport):
-    reply, _ = run_op(transport, {"op": "exec", "argv": ["/bin/sh", "-c", "exit 125"]})
+    reply, _data = run_op(transport, {"op": "exec", "argv": ["/bin/sh", "-c", "exit 125"]})
     assert reply["rc"] == 125
 
 
@@ -492,9 +492,9 @@ def test_put_in_segments_with_final_sha256(tmp_path, transport):
     reply, data = run_op(transport, {"op": "put", "path": str(path), "offset": 0}, b"abc")
     assert (reply, data) == ({"written": 3}, b"")
     assert path.read_bytes() == b"abc"
-    reply, _ = run_op(transport, {"op": "put", "path": str(path), "offset": 3}, b"def")
+    reply, _data = run_op(transport, {"op": "put", "path": str(path), "offset": 3}, b"def")
     assert reply == {"written": 3}
-    reply, _ = run_op(
+    reply, _data = run_op(
         transport, {"op": "put", "path": str(path), "offset": 6, "final": True}, b"g" * 9000
     )
     content = b"abcdef" + b"g" * 9000
@@ -507,7 +507,7 @@ def test_put_pieces_respect_the_chunk(tmp_path, transport):
     transport.chunk = 1000
     path = tmp_path / "dest"
     payload = os.urandom(2500)
-    reply, _ = run_op(
+    reply, _data = run_op(
         transport, {"op": "put", "path": str(path), "offset": 0, "final": True}, payload
     )
     assert path.read_bytes() == payload
@@ -517,7 +517,7 @@ def test_put_pieces_respect_the_chunk(tmp_path, transport):
 
 def test_put_empty_file(tmp_path, transport):
     path = tmp_path / "empty"
-    reply, _ = run_op(transport, {"op": "put", "path": str(path), "offset": 0, "final": True})
+    reply, _data = run_op(transport, {"op": "put", "path": str(path), "offset": 0, "final": True})
     assert path.read_bytes() == b""
     assert reply == {"written": 0, "sha256": hashlib.sha256(b"").hexdigest()}
 
@@ -598,7 +598,7 @@ def test_sha256_of_a_name_starting_with_a_dash(tmp_path, transport, monkeypatch)
 
 
 def unreachable(n):
-    return [AgentError("Guest agent is not responding", unreachable=True) for _ in range(n)]
+    return [AgentError("Guest agent is not responding", unreachable=True) for _i in range(n)]
 
 
 def test_status_retried_on_unreachable(transport):
@@ -686,7 +686,7 @@ def test_main_unreachable_reply_names_the_serial_logs(transport, monkeypatch):
 
 def test_main_other_agent_error_is_not_unreachable(transport, monkeypatch):
     transport.xml = SERIAL_XML
-    reply, _ = main_reply(transport, {"op": "nope"}, monkeypatch=monkeypatch)
+    reply, _data = main_reply(transport, {"op": "nope"}, monkeypatch=monkeypatch)
     assert reply == {"error": "unknown operation 'nope'", "unreachable": False, "transport": "fake"}
 
 
@@ -712,7 +712,7 @@ def test_main_bad_request(stdin, message, transport, monkeypatch):
     monkeypatch.setattr(ga, "open_transport", lambda _request: transport)
     out = io.BytesIO()
     assert ga.main(io.BytesIO(stdin), out) == 0
-    reply, _ = ga.unframe(out.getvalue())
+    reply, _data = ga.unframe(out.getvalue())
     assert reply["error"].startswith(message)
     assert reply["unreachable"] is False
 
@@ -721,7 +721,7 @@ def test_main_bad_request(stdin, message, transport, monkeypatch):
 def test_main_refuses_a_bad_domain_name(domain):
     out = io.BytesIO()
     ga.main(io.BytesIO(ga.frame({"op": "ping", "domain": domain})), out)
-    reply, _ = ga.unframe(out.getvalue())
+    reply, _data = ga.unframe(out.getvalue())
     assert reply == {
         "error": f"{domain!r} is not a libvirt domain name",
         "unreachable": False,
@@ -737,7 +737,7 @@ def test_bootstrap_runs_the_helper_in_a_fresh_python():
         [sys.executable, "-c", ga.BOOTSTRAP], input=stdin, capture_output=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    reply, _ = ga.unframe(proc.stdout)
+    reply, _data = ga.unframe(proc.stdout)
     assert reply["error"] == "'bad/name' is not a libvirt domain name"
 
 

@@ -367,7 +367,7 @@ def test_a_failed_write_leaves_no_temporary_file(site):
     entry = cache / TAG / key(MOD_SOURCE)
     entry.unlink()
     entry.mkdir()  # open() of it fails, then os.replace() onto it fails
-    for _ in range(2):
+    for _i in range(2):
         assert report(run(program, str(zip_path)))["value"] == "from-source"
     assert set(entries(cache)) == {key(INIT_SOURCE), key(MOD_SOURCE)}
 
@@ -528,7 +528,12 @@ def ping(tmp_path_factory):
 def run_payload(payload: bytes):
     """The payload on the standard input of a bare python, as a pipelined task runs it."""
     return subprocess.run(
-        [sys.executable], input=payload, capture_output=True, env=clean_env(), timeout=120
+        [sys.executable],
+        input=payload,
+        capture_output=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
     )
 
 
