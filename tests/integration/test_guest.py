@@ -10,6 +10,7 @@ is removed in finalizers, also on failure.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -398,6 +399,15 @@ AGENT_PLAY = """
 """
 
 
+def agent_staging() -> str:
+    """The guest directory of the connection's work files, from the helper itself."""
+    path = TOP / "plugins" / "module_utils" / "_guest_agent.py"
+    spec = importlib.util.spec_from_file_location("mv6_guest_agent_helper", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STAGING
+
+
 def agent_playbook(lab, tmp: Path, *args: str) -> tuple[int, str]:
     work = WORK / "agent"
     shutil.rmtree(work, ignore_errors=True)
@@ -453,7 +463,7 @@ def test_a_users_role_runs_in_the_guest_over_the_agent_connection(lab, tmp_path)
     )
     assert "sleep 567" not in procs and "sleep 568" not in procs, procs
     # Nothing left behind in the guest's work directory, and the agent still answers.
-    assert guest_exec(GUEST, "/bin/ls", "-A", "/var/tmp/mv6-agent") == (0, "")
+    assert guest_exec(GUEST, "/bin/ls", "-A", agent_staging()) == (0, "")
     assert agent(GUEST, {"execute": "guest-ping"}) == {}
 
     # A second run changes nothing.
