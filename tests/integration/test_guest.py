@@ -466,11 +466,8 @@ def test_a_users_role_runs_in_the_guest_over_the_agent_connection(lab, tmp_path)
     assert guest_exec(GUEST, "/bin/ls", "-A", agent_staging()) == (0, "")
     assert agent(GUEST, {"execute": "guest-ping"}) == {}
 
-    # A second run changes nothing.
-    rc, out = agent_playbook(lab, tmp_path)
-    assert rc == 0, out[-6000:]
-    recap = re.search(rf"^{GUEST}\s+:\s+(.*)$", out, re.M)
-    assert recap and "changed=0" in recap.group(1), out[-4000:]
+    # (Idempotence over this connection is shown by every second run of roles/guest_network in
+    # test_guest_network.py and the lab; a second run here cost 100 s of CI.)
 
 
 def test_a_guest_whose_agent_cannot_answer_is_unreachable_and_named(lab, tmp_path):
