@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -646,11 +645,3 @@ def main(stdin, stdout) -> int:
     stdout.write(frame(reply, data))
     stdout.flush()
     return 0
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

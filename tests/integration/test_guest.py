@@ -329,16 +329,9 @@ AGENT_ROLE = {
     ),
 }
 
-AGENT_PLAY = """
-- name: Guests of this hypervisor
-  hosts: localhost
-  gather_facts: false
-  vars:
-    ansible_connection: local
-    ansible_python_interpreter: "{{ ansible_playbook_python }}"
-  roles:
-    - role: mv6.transition.guest
-
+AGENT_PLAY = (
+    SITE
+    + """
 - name: A user's own work in the guest, over the guest_agent connection
   hosts: mv6_guests
   gather_facts: false
@@ -397,6 +390,7 @@ AGENT_PLAY = """
       vars:
         ansible_python_interpreter: "{{ ansible_playbook_python }}"
 """
+)
 
 
 def agent_staging() -> str:
