@@ -152,6 +152,7 @@ EXAMPLES = r"""
 """
 
 import copy  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
@@ -180,7 +181,9 @@ def _umask() -> int:
     return mask
 
 
+@functools.lru_cache(maxsize=1)
 def _helper_source() -> bytes:
+    """The helper sent with every call: read once per controller process, not per task."""
     return Path(helper.__file__).read_bytes()
 
 
@@ -199,7 +202,6 @@ class Connection(ConnectionBase):
         self._hv_vars = None
         self._via = None
         self._hv_become = None
-        self._source = None
 
     # --- the hypervisor's connection -------------------------------------------------------
     def _resolve_option_variables(self, variables, templar):
@@ -306,15 +308,14 @@ class Connection(ConnectionBase):
     def _call(self, request: dict, payload: bytes = b"") -> tuple[dict, bytes]:
         """One operation: the helper and the request to the hypervisor, its reply back."""
         self._connect()
-        if self._source is None:
-            self._source = _helper_source()
+        source = _helper_source()
         request = dict(
             request,
             domain=self._guest(),
             uri=self.get_option("libvirt_uri"),
             agent_timeout=self.get_option("agent_timeout"),
         )
-        stdin = b"%d\n" % len(self._source) + self._source + helper.frame(request, payload)
+        stdin = b"%d\n" % len(source) + source + helper.frame(request, payload)
         cmd = f"{shlex.quote(self._hv_python())} -c {shlex.quote(helper.BOOTSTRAP)}"
         if self._hv_become is not None:
             cmd = self._hv_become.build_become_command(cmd, self._via._shell)
