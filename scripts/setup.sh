@@ -13,6 +13,8 @@ debian_packages=(
   # hypervisor and images
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients mmdebstrap e2fsprogs
   nftables python3-nftables iproute2
+  # the guest_agent connection's helper runs on the system Python (roles/hypervisor installs it too)
+  python3-libvirt
   # building libvirt-python and lxml into the venv
   libvirt-dev pkg-config gcc python3-dev python3-venv libxml2-dev libxslt1-dev
   # the fleet test site (docs/fleet.md): containers with systemd, SSH to them

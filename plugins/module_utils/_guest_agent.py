@@ -56,6 +56,15 @@ ERROR_MAX = 4096
 OP_SLACK = 600
 # Bytes of a file per helper call: memory on both ends stays bounded for files of any size.
 SEGMENT = 16 << 20
+# Status polls of a running exec: the first after POLL_MIN, each next one POLL_GROWTH times
+# later, never more than a transport's poll_max apart. Every poll is work for libvirtd and
+# for the guest agent inside the guest (a TCG guest's one vCPU, which is also running the
+# command polled for), and through virsh a process start on the hypervisor: fixed fine
+# polls (5-50 ms) held a core busy on the lab for as long as a guest's module ran.
+POLL_MIN = 0.005
+POLL_GROWTH = 1.5
+POLL_MAX = 0.1
+VIRSH_POLL_MAX = 0.25
 # The header is JSON of a few fields; a bigger one is not ours.
 HEADER_MAX = 1 << 20
 # The bootstrap, run by python3 on the hypervisor: the first line of its stdin is the length
@@ -263,6 +272,7 @@ class LibvirtTransport:
 
     name = "libvirt"
     chunk = WRITE_CHUNK
+    poll_max = POLL_MAX
 
     def __init__(self, uri: str, domain: str, timeout: int):
         import libvirt  # only on hypervisors that have it
@@ -315,6 +325,8 @@ class VirshTransport:
 
     name = "virsh"
     chunk = VIRSH_WRITE_CHUNK
+    # Each poll is a virsh process: fewer of them.
+    poll_max = VIRSH_POLL_MAX
     _UNREACHABLE = (
         "not responding",
         "not connected",
@@ -392,6 +404,14 @@ def serial_logs(domain_xml: str) -> list[str]:
 
 
 # --- operations ------------------------------------------------------------------------------
+def poll_interval(elapsed: float, poll_max: float = POLL_MAX) -> float:
+    """The pause before the next status poll of an exec that has run *elapsed* seconds: about
+    a third of the time run so far, from POLL_MIN up to *poll_max*. A command that ends
+    within a few ms is seen within a few ms; one that runs seconds costs a few polls a
+    second, and is seen at most *poll_max* late."""
+    return min(poll_max, max(POLL_MIN, elapsed * (POLL_GROWTH - 1)))
+
+
 class Agent:
     """What the connection asks for, as guest agent commands over one transport."""
 
@@ -442,9 +462,7 @@ class Agent:
                 raise AgentError(
                     f"the command ran longer than {timeout:g} s and was killed", timed_out=True
                 )
-            # A status poll is a few ms on the hypervisor: fine-grained first, since most
-            # commands end within a second.
-            self.sleep(0.005 if elapsed < 0.2 else 0.02 if elapsed < 2 else 0.05)
+            self.sleep(poll_interval(elapsed, getattr(self.t, "poll_max", POLL_MAX)))
 
     def kill(self, pid: int) -> None:
         """Kill the process tree of *pid* and reap it; gives up quietly after 30 s (a process

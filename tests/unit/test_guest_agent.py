@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import itertools
 import json
 import os
 import pwd
@@ -625,6 +626,40 @@ def test_status_not_retried_on_other_errors(transport):
         ga.Agent(transport).exec_raw(["/bin/true"])
     assert not e.value.unreachable
     assert transport.count("guest-exec-status") == 1
+
+
+@pytest.mark.parametrize("poll_max", [ga.POLL_MAX, ga.VIRSH_POLL_MAX])
+def test_status_polls_back_off_to_a_bound(poll_max):
+    """An exec that runs 10 s costs a few polls a second, not the 20-200 a second that fixed
+    5-50 ms pauses cost (each one work for libvirtd and the guest's agent); a short one is
+    seen within a few ms."""
+    assert ga.poll_interval(0.0, poll_max) == ga.POLL_MIN
+    now = [0.0]
+    polls = []
+
+    class Clocked:
+        name = "clocked"
+
+        def command(self, execute, arguments=None):
+            if execute == "guest-exec":
+                return {"pid": 7}
+            polls.append(now[0])
+            return {"exited": now[0] >= 10.0, "exitcode": 0}
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    Clocked.poll_max = poll_max
+    ga.Agent(Clocked(), clock=lambda: now[0], sleep=sleep).wait(7, timeout=60)
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps)), gaps
+    assert max(gaps) == pytest.approx(poll_max)
+    assert polls[-1] - 10.0 <= poll_max  # seen at most one bound late
+    assert len(polls) <= 10.0 / poll_max + 20, len(polls)
+
+
+def test_virsh_polls_are_further_apart_than_libvirt_ones():
+    assert ga.VirshTransport.poll_max > ga.LibvirtTransport.poll_max == ga.POLL_MAX
 
 
 def test_ping(transport):
