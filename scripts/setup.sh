@@ -55,6 +55,10 @@ else
   log "Python packages match requirements.txt"
 fi
 
+# The guest_agent connection's compile cache for the modules the venv's Python runs (the lab,
+# the tests and the scenarios run every local task with it): scripts/venv_module_cache.py.
+.venv/bin/python scripts/venv_module_cache.py
+
 # ansible finds this checkout as mv6.transition through ansible.cfg's collections_path.
 link=.collections/ansible_collections/mv6/transition
 if [[ "$(readlink "$link" 2>/dev/null)" != "$top" ]]; then
