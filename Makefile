@@ -41,7 +41,7 @@ unit:
 
 integration:
 	@if compgen -G 'tests/integration/test_*.py' >/dev/null; then \
-	  timeout 3000 $(BIN)/pytest tests/integration --durations=15; \
+	  timeout 3300 $(BIN)/pytest tests/integration --durations=25; \
 	else echo "no integration tests yet"; fi
 
 # ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of

@@ -1274,61 +1274,6 @@ def test_check_mode_on_fresh_host_changes_nothing(tmp_path):
         Path("/var/lib/mv6/t_hv_chk.loaded").unlink(missing_ok=True)
 
 
-def test_removal_tolerates_vanished_objects(tmp_path):
-    """state=absent after the uplink (and then everything else) is already gone succeeds,
-    and a second removal changes nothing. Before the fix, restoring the uplink's recorded
-    sysctls ran `sysctl -w` on a missing interface and failed the teardown."""
-    playbook = tmp_path / "hv.yml"
-    playbook.write_text(PLAYBOOK)
-    bridge, uplink, table = "t-hvbr9", "t-hvu9", "t_hv_rm"
-    guest = {"released": False, "mac": "02:6d:76:00:09:01", "address": "2001:db8:6:9::10"}
-    extra = with_site(
-        {
-            "mv6_native_family": "ipv4",
-            "mv6_parallel": {"bridge": bridge, "uplink": uplink},
-            "mv6_plan": {
-                "parallel_family": "ipv6",
-                "hosts": {"localhost": {"guests": {"t-hv-9g": {**guest, "port": "t-hv9p0"}}}},
-            },
-            "mv6_hypervisor_nft_table": table,
-            "mv6_hypervisor_nft_file": str(tmp_path / f"{table}.nft"),
-            "mv6_hypervisor_accel": "tcg",
-            "mv6_hypervisor_install_packages": False,
-            "mv6_hypervisor_persist": "none",
-            "mv6_hypervisor_port_pattern": "t-hv9p*",
-        }
-    )
-    record = Path(f"/var/lib/mv6/uplink-{uplink}.sysctl")
-    lab = NetnsLab()
-    try:
-        lab.add_ns("t-hv-rm")
-        lab.add_veth(uplink, "t-hvu9x", "t-hv-rm", "u0", "02:6d:76:00:09:0f")
-        up = run_playbook(playbook, extra)
-        assert up["rc"] == 0, json.dumps(up)[-3000:]
-        assert record.is_file()
-        # The uplink disappears before the teardown (a NIC removed, a lab taken down).
-        sh("ip", "link", "del", uplink)
-        absent = {**extra, "mv6_hypervisor_state": "absent"}
-        first = run_playbook(playbook, absent)
-        assert first["rc"] == 0, json.dumps(first)[-3000:]
-        assert sh("ip", "link", "show", bridge, check=False).returncode != 0
-        for family in ("bridge", "inet"):
-            assert sh("nft", "list", "table", family, table, check=False).returncode != 0
-        assert not record.exists()
-        # Everything is gone now: removing again is a no-op.
-        second = run_playbook(playbook, absent)
-        assert second["rc"] == 0, json.dumps(second)[-3000:]
-        assert changed_tasks(second) == []
-    finally:
-        lab.cleanup()
-        sh("ip", "link", "del", bridge, check=False)
-        for family in ("bridge", "inet"):
-            sh("nft", "delete", "table", family, table, check=False)
-        Path(f"/etc/sysctl.d/60-mv6-{bridge}.conf").unlink(missing_ok=True)
-        Path(f"/var/lib/mv6/{table}.loaded").unlink(missing_ok=True)
-        record.unlink(missing_ok=True)
-
-
 def test_a_native_bridge_is_refused_and_never_deleted(tmp_path):
     """mv6_parallel.bridge naming a bridge of the native side (an address of the host, a NIC
     in it) that MV6 did not make: before, preflight took it, the host guard cut the host off
@@ -1395,71 +1340,106 @@ def test_a_native_bridge_is_refused_and_never_deleted(tmp_path):
 
 
 LOCK_TASK = "mv6.transition.hypervisor : Take this network's lock on the host"
+NET_BRIDGE, NET_UPLINK, NET_TABLE = "t-hvbr9", "t-hvu9", "t_hv_rm"
+NET_UPLINK_RECORD = Path(f"/var/lib/mv6/uplink-{NET_UPLINK}.sysctl")
 
 
-def lock_site(tmp_path, n: int) -> tuple[dict, str, str]:
-    """A host's parallel side of its own (bridge t-hvlkN, table t_hv_lkN) for the lock tests."""
-    bridge, table = f"t-hvlk{n}", f"t_hv_lk{n}"
-    guest = {"released": False, "mac": f"02:6d:76:00:0b:0{n}", "address": f"2001:db8:6:b::{n}"}
+def net_left() -> bool:
+    """Whether anything of the net fixture's network is still on the host."""
+    return (
+        sh("ip", "link", "show", NET_BRIDGE, check=False).returncode == 0
+        or NET_UPLINK_RECORD.exists()
+        or Path(f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6").exists()
+        or any(
+            sh("nft", "list", "table", family, NET_TABLE, check=False).returncode == 0
+            for family in ("bridge", "inet")
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """One more network of the host's parallel side (bridge t-hvbr9 with uplink t-hvu9, table
+    t_hv_rm) for the host lock and removal tests, in file order: two concurrent runs make it,
+    a run held off by another holder of its lock changes nothing on it, and the removal test
+    takes it away after its uplink vanished. One network for the three, since each role run
+    costs about half a minute here; removed at the end whatever happened."""
+    workdir = tmp_path_factory.mktemp("t-hv-net")
+    guest = {"released": False, "mac": "02:6d:76:00:09:01", "address": "2001:db8:6:9::10"}
     extra = with_site(
         {
-            "mv6_parallel": {"bridge": bridge, "uplink": None},
+            "mv6_native_family": "ipv4",
+            "mv6_parallel": {"bridge": NET_BRIDGE, "uplink": NET_UPLINK},
             "mv6_plan": {
                 "parallel_family": "ipv6",
-                "hosts": {
-                    "localhost": {"guests": {f"t-hv-lk{n}": {**guest, "port": f"t-hvk{n}p0"}}}
-                },
+                "hosts": {"localhost": {"guests": {"t-hv-9g": {**guest, "port": "t-hv9p0"}}}},
             },
-            "mv6_hypervisor_nft_table": table,
-            "mv6_hypervisor_nft_file": str(tmp_path / f"{table}.nft"),
+            "mv6_hypervisor_nft_table": NET_TABLE,
+            "mv6_hypervisor_nft_file": str(workdir / f"{NET_TABLE}.nft"),
             "mv6_hypervisor_accel": "tcg",
             "mv6_hypervisor_install_packages": False,
             "mv6_hypervisor_persist": "none",
-            "mv6_hypervisor_port_pattern": f"t-hvk{n}p*",
+            "mv6_hypervisor_port_pattern": "t-hv9p*",
         }
     )
-    return extra, bridge, table
+    playbook = workdir / "hv.yml"
+    playbook.write_text(PLAYBOOK)
+    lab = NetnsLab()
+    try:
+        lab.add_ns("t-hv-rm")
+        lab.add_veth(NET_UPLINK, "t-hvu9x", "t-hv-rm", "u0", "02:6d:76:00:09:0f")
+        yield {"extra": extra, "playbook": playbook}
+    finally:
+        if net_left():
+            run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
+        lab.cleanup()
+        sh("ip", "link", "del", NET_BRIDGE, check=False)
+        for family in ("bridge", "inet"):
+            sh("nft", "delete", "table", family, NET_TABLE, check=False)
+        for path in (
+            f"/etc/sysctl.d/60-mv6-{NET_BRIDGE}.conf",
+            f"/var/lib/mv6/{NET_TABLE}.loaded",
+            f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6",
+            f"/run/mv6/locks/net-{NET_BRIDGE}.lock",
+            f"/run/mv6/locks/net-{NET_BRIDGE}.guard",
+            str(NET_UPLINK_RECORD),
+        ):
+            Path(path).unlink(missing_ok=True)
 
 
-def remove_lock_site(playbook, extra, bridge, table) -> None:
-    run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
-    sh("ip", "link", "del", bridge, check=False)
-    for family in ("bridge", "inet"):
-        sh("nft", "delete", "table", family, table, check=False)
-    for path in (
-        f"/etc/sysctl.d/60-mv6-{bridge}.conf",
-        f"/var/lib/mv6/{table}.loaded",
-        f"/var/lib/mv6/bridge-{bridge}.mv6",
-        f"/run/mv6/locks/net-{bridge}.lock",
-        f"/run/mv6/locks/net-{bridge}.guard",
-    ):
-        Path(path).unlink(missing_ok=True)
+def net_state() -> str:
+    """The network as the role leaves it: the bridge, its ports and its tables (without
+    counter values, which the uplink's traffic moves)."""
+    return (
+        sh("ip", "-o", "link", "show", "dev", NET_BRIDGE, check=False).stdout
+        + sh("ip", "-o", "link", "show", "master", NET_BRIDGE, check=False).stdout
+        + "".join(
+            sh("nft", "-s", "list", "table", family, NET_TABLE, check=False).stdout
+            for family in ("bridge", "inet")
+        )
+    )
 
 
-def test_two_concurrent_runs_take_turns_and_converge_once(tmp_path):
+def test_two_concurrent_runs_take_turns_and_converge_once(net, tmp_path):
     """Two runs of the role on one network at once: before, both changed the bridge and the
     tables at the same time. Now the second waits for the first's lock; both succeed and
     the host is as after one run (a third run changes nothing)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    extra, bridge, table = lock_site(tmp_path, 1)
     books = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         books.append(tmp_path / name / "hv.yml")
         books[-1].write_text(PLAYBOOK)
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            runs = list(pool.map(lambda book: run_playbook(book, extra), books))
-        for run in runs:
-            assert run["rc"] == 0, json.dumps(run)[-3000:]
-        waited = [r.get("waited", 0) for run in runs for r in task_results(run, LOCK_TASK)]
-        assert len(waited) == 2 and max(waited) >= 1, waited
-        third = run_playbook(books[0], extra)
-        assert third["rc"] == 0 and changed_tasks(third) == [], changed_tasks(third)
-        assert not Path(f"/run/mv6/locks/net-{bridge}.lock").exists()
-    finally:
-        remove_lock_site(books[0], extra, bridge, table)
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda book: run_playbook(book, net["extra"]), books))
+    for run in runs:
+        assert run["rc"] == 0, json.dumps(run)[-3000:]
+    waited = [r.get("waited", 0) for run in runs for r in task_results(run, LOCK_TASK)]
+    assert len(waited) == 2 and max(waited) >= 1, waited
+    third = run_playbook(books[0], net["extra"])
+    assert third["rc"] == 0 and changed_tasks(third) == [], changed_tasks(third)
+    assert not Path(f"/run/mv6/locks/net-{NET_BRIDGE}.lock").exists()
 
 
 HOLD = """\
@@ -1482,12 +1462,9 @@ HOLD = """\
 """
 
 
-def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(tmp_path):
+def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(net, tmp_path):
     from conftest import REPO, VENV_BIN
 
-    extra, bridge, table = lock_site(tmp_path, 2)
-    playbook = tmp_path / "hv.yml"
-    playbook.write_text(PLAYBOOK)
     hold = tmp_path / "hold.yml"
     hold.write_text(HOLD)
     flag = tmp_path / "held"
@@ -1507,7 +1484,7 @@ def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(tmp_path):
             "-e",
             f"ansible_python_interpreter={VENV_BIN / 'python'}",
             "-e",
-            f"lock=net-{bridge}",
+            f"lock=net-{NET_BRIDGE}",
             "-e",
             f"flag={flag}",
         ],
@@ -1523,22 +1500,20 @@ def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(tmp_path):
         while not flag.exists():
             assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
             time.sleep(0.5)
-        before = native_snapshot()
-        refused = run_playbook(playbook, {**extra, "mv6_hypervisor_lock_timeout": 3})
+        before, network = native_snapshot(), net_state()
+        refused = run_playbook(net["playbook"], {**net["extra"], "mv6_hypervisor_lock_timeout": 3})
         assert refused["rc"] != 0
         flat = " ".join(json.dumps(refused).split())
-        assert (
-            f"lock net-{bridge} on this host is held by another mv6 run (holder t-hv lock holder"
-            in flat
-        )
+        held = f"lock net-{NET_BRIDGE} on this host is held by another mv6 run"
+        assert f"{held} (holder t-hv lock holder" in flat
         assert "waited 3 s (timeout). Nothing was changed." in flat
         assert changed_tasks(refused) == []
-        assert sh("ip", "link", "show", bridge, check=False).returncode != 0
+        assert net_state() == network
         assert native_snapshot() == before
         # The holder dies without releasing (a controller killed): its lock goes with it.
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-        taken = run_playbook(playbook, {**extra, "mv6_hypervisor_lock_timeout": 3})
+        taken = run_playbook(net["playbook"], {**net["extra"], "mv6_hypervisor_lock_timeout": 3})
         assert taken["rc"] == 0, json.dumps(taken)[-3000:]
         (lock,) = task_results(taken, LOCK_TASK)
         assert lock["previous"]["holder"] == "t-hv lock holder"
@@ -1546,4 +1521,27 @@ def test_a_held_lock_fails_the_run_cleanly_and_a_dead_holder_frees_it(tmp_path):
         if holder.poll() is None:
             os.killpg(holder.pid, signal.SIGKILL)
             holder.wait(timeout=30)
-        remove_lock_site(playbook, extra, bridge, table)
+
+
+def test_removal_tolerates_vanished_objects(net):
+    """state=absent after the uplink (and then everything else) is already gone succeeds,
+    and a second removal changes nothing. Before the fix, restoring the uplink's recorded
+    sysctls ran `sysctl -w` on a missing interface and failed the teardown."""
+    if not NET_UPLINK_RECORD.is_file():  # run alone: the lock tests did not make the network
+        up = run_playbook(net["playbook"], net["extra"])
+        assert up["rc"] == 0, json.dumps(up)[-3000:]
+    assert NET_UPLINK_RECORD.is_file()
+    # The uplink disappears before the teardown (a NIC removed, a lab taken down).
+    sh("ip", "link", "del", NET_UPLINK)
+    absent = {**net["extra"], "mv6_hypervisor_state": "absent"}
+    first = run_playbook(net["playbook"], absent)
+    assert first["rc"] == 0, json.dumps(first)[-3000:]
+    assert sh("ip", "link", "show", NET_BRIDGE, check=False).returncode != 0
+    for family in ("bridge", "inet"):
+        assert sh("nft", "list", "table", family, NET_TABLE, check=False).returncode != 0
+    assert not NET_UPLINK_RECORD.exists()
+    # Everything is gone now: removing again is a no-op.
+    second = run_playbook(net["playbook"], absent)
+    assert second["rc"] == 0, json.dumps(second)[-3000:]
+    assert changed_tasks(second) == []
+    assert not net_left()
