@@ -19,6 +19,7 @@ are not. MV6_VENV_MODULE_CACHE=0 turns it off for one process.
 from __future__ import annotations
 
 import importlib.util
+import os
 import site
 import sys
 from pathlib import Path
@@ -39,12 +40,13 @@ def preamble(cache_dir: Path) -> str:
     return text.replace(quoted, repr(str(cache_dir)))
 
 
-def body(cache_dir: Path) -> str:
-    """The module the .pth file imports: the preamble with *cache_dir*, unless turned off."""
+def body(cache_dir: Path, switch: str = "MV6_VENV_MODULE_CACHE") -> str:
+    """The module the .pth file imports: the preamble with *cache_dir*, unless the variable
+    *switch* is 0."""
     return (
         '"""Written by scripts/venv_module_cache.py: see that file."""\n'
         "import os as _mv6_os\n"
-        "if _mv6_os.environ.get('MV6_VENV_MODULE_CACHE', '1') != '0':\n"
+        f"if _mv6_os.environ.get({switch!r}, '1') != '0':\n"
         f"    exec(compile({preamble(cache_dir)!r}, __file__, 'exec'))\n"
         "del _mv6_os\n"
     )
@@ -61,7 +63,10 @@ def main() -> int:
         (packages / f"{NAME}.pth", f"import {NAME}\n"),
     ):
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+            # Every process of the venv imports these at start: never a half-written file.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
             changed = True
     print(f"{NAME}: {'written' if changed else 'up to date'} in {packages}; cache {cache_dir}")
     return 0

@@ -405,10 +405,11 @@ def serial_logs(domain_xml: str) -> list[str]:
 
 # --- operations ------------------------------------------------------------------------------
 def poll_interval(elapsed: float, poll_max: float = POLL_MAX) -> float:
-    """The pause before the next status poll of an exec that has run *elapsed* seconds: about
-    a third of the time run so far, from POLL_MIN up to *poll_max*. A command that ends
-    within a few ms is seen within a few ms; one that runs seconds costs a few polls a
-    second, and is seen at most *poll_max* late."""
+    """The pause before the next status poll of an exec that has run *elapsed* seconds: half
+    the time run so far, from POLL_MIN up to *poll_max* (reached at 0.2 s through libvirt,
+    0.5 s through virsh). A command that ends within a few ms is seen within a few ms; one
+    that runs seconds costs 1 / *poll_max* polls a second, and is seen at most *poll_max*
+    late."""
     return min(poll_max, max(POLL_MIN, elapsed * (POLL_GROWTH - 1)))
 
 

@@ -1344,12 +1344,22 @@ NET_BRIDGE, NET_UPLINK, NET_TABLE = "t-hvbr9", "t-hvu9", "t_hv_rm"
 NET_UPLINK_RECORD = Path(f"/var/lib/mv6/uplink-{NET_UPLINK}.sysctl")
 
 
+NET_FILES = [
+    NET_UPLINK_RECORD,
+    Path(f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6"),
+    Path(f"/run/mv6/{NET_TABLE}.keeper.pid"),
+    Path(f"/usr/local/sbin/{NET_TABLE.replace('_', '-')}-keeper"),
+    Path(f"/usr/local/sbin/{NET_TABLE.replace('_', '-')}-l2only"),
+    Path(f"/etc/libvirt/hooks/qemu.d/50-{NET_TABLE.replace('_', '-')}-l2only"),
+]
+
+
 def net_left() -> bool:
-    """Whether anything of the net fixture's network is still on the host."""
+    """Whether anything of the net fixture's network is still on the host: its bridge, its
+    tables, the role's records, keeper and hook for it."""
     return (
         sh("ip", "link", "show", NET_BRIDGE, check=False).returncode == 0
-        or NET_UPLINK_RECORD.exists()
-        or Path(f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6").exists()
+        or any(path.exists() for path in NET_FILES)
         or any(
             sh("nft", "list", "table", family, NET_TABLE, check=False).returncode == 0
             for family in ("bridge", "inet")
@@ -1385,14 +1395,25 @@ def net(tmp_path_factory):
     playbook = workdir / "hv.yml"
     playbook.write_text(PLAYBOOK)
     lab = NetnsLab()
+    absent = {**extra, "mv6_hypervisor_state": "absent"}
+    if net_left():  # left by an earlier session that was killed
+        run_playbook(playbook, absent)
+    state = {"extra": extra, "playbook": playbook, "converged": False}
     try:
         lab.add_ns("t-hv-rm")
         lab.add_veth(NET_UPLINK, "t-hvu9x", "t-hv-rm", "u0", "02:6d:76:00:09:0f")
-        yield {"extra": extra, "playbook": playbook}
+        yield state
     finally:
-        if net_left():
-            run_playbook(playbook, {**extra, "mv6_hypervisor_state": "absent"})
-        lab.cleanup()
+        try:
+            if net_left():
+                run_playbook(playbook, absent)
+        finally:
+            lab.cleanup()
+        # What a failed removal may have left: the keeper first (its tables refuse deletion
+        # while it holds them), then the rest by hand.
+        keeper_cmd = NET_FILES[3]
+        if keeper_cmd.exists():
+            sh(str(keeper_cmd), "stop", "--table", NET_TABLE, check=False)
         sh("ip", "link", "del", NET_BRIDGE, check=False)
         for family in ("bridge", "inet"):
             sh("nft", "delete", "table", family, NET_TABLE, check=False)
@@ -1402,7 +1423,7 @@ def net(tmp_path_factory):
             f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6",
             f"/run/mv6/locks/net-{NET_BRIDGE}.lock",
             f"/run/mv6/locks/net-{NET_BRIDGE}.guard",
-            str(NET_UPLINK_RECORD),
+            *NET_FILES,
         ):
             Path(path).unlink(missing_ok=True)
 
@@ -1440,6 +1461,7 @@ def test_two_concurrent_runs_take_turns_and_converge_once(net, tmp_path):
     third = run_playbook(books[0], net["extra"])
     assert third["rc"] == 0 and changed_tasks(third) == [], changed_tasks(third)
     assert not Path(f"/run/mv6/locks/net-{NET_BRIDGE}.lock").exists()
+    net["converged"] = True
 
 
 HOLD = """\
@@ -1527,7 +1549,7 @@ def test_removal_tolerates_vanished_objects(net):
     """state=absent after the uplink (and then everything else) is already gone succeeds,
     and a second removal changes nothing. Before the fix, restoring the uplink's recorded
     sysctls ran `sysctl -w` on a missing interface and failed the teardown."""
-    if not NET_UPLINK_RECORD.is_file():  # run alone: the lock tests did not make the network
+    if not net["converged"]:  # run alone, or the concurrent runs failed: converge it here
         up = run_playbook(net["playbook"], net["extra"])
         assert up["rc"] == 0, json.dumps(up)[-3000:]
     assert NET_UPLINK_RECORD.is_file()

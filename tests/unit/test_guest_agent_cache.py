@@ -140,8 +140,12 @@ def wrap(program: bytes, cache: Path) -> bytes:
 
 def clean_env() -> dict:
     """This environment without PYTHON* variables: the child's flags (optimize) are the
-    defaults the cache keys assume."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    defaults the cache keys assume. The venv's own compile cache (scripts/venv_module_cache.py)
+    is off in the child, so that only the cache under test is between zipimport and the
+    compiler."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["MV6_VENV_MODULE_CACHE"] = "0"
+    return env
 
 
 def run(program: bytes, *args: str, python: str = sys.executable, **kwargs):

@@ -25,6 +25,7 @@ from test_guest_agent_cache import (
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "venv_module_cache.py"
+SWITCH = "MV6_TEST_MODULE_CACHE"
 
 
 def load_script():
@@ -49,6 +50,11 @@ def run_with(site_dir: Path, zip_path: Path, **env: str) -> dict:
     return json.loads(proc.stdout)
 
 
+def test_the_venvs_own_cache_is_off_in_the_childs_of_these_tests():
+    assert clean_env()["MV6_VENV_MODULE_CACHE"] == "0"
+    assert "'MV6_VENV_MODULE_CACHE'" in load_script().body(Path("/x"))
+
+
 def test_the_cache_is_the_connections_own_in_the_named_directory(tmp_path):
     text = load_script().preamble(tmp_path / "cache")
     assert repr(str(tmp_path / "cache")) in text
@@ -61,7 +67,8 @@ def test_the_cache_is_the_connections_own_in_the_named_directory(tmp_path):
 def test_module_runs_fill_and_then_read_the_cache_unless_turned_off(tmp_path):
     site_dir, cache = tmp_path / "site", tmp_path / "cache"
     site_dir.mkdir()
-    (site_dir / "mv6_module_cache.py").write_text(load_script().body(cache))
+    # Its own switch: clean_env() turns the venv's own cache off with MV6_VENV_MODULE_CACHE.
+    (site_dir / "mv6_module_cache.py").write_text(load_script().body(cache, SWITCH))
     (site_dir / "sitecustomize.py").write_text("import mv6_module_cache\n")
     zip_path = make_zip(tmp_path / "run1" / "ansible_payload.zip")
 
@@ -71,4 +78,4 @@ def test_module_runs_fill_and_then_read_the_cache_unless_turned_off(tmp_path):
     # Read as it is found: a poisoned entry shows the second run took the cached code.
     poison(cache / TAG / key(MOD_SOURCE), FROM_CACHE, mod_path(zip_path))
     assert run_with(site_dir, zip_path)["value"] == "from-cache"
-    assert run_with(site_dir, zip_path, MV6_VENV_MODULE_CACHE="0")["value"] == "from-source"
+    assert run_with(site_dir, zip_path, **{SWITCH: "0"})["value"] == "from-source"
