@@ -326,22 +326,10 @@ def test_ipv6_router_and_slaac_guest(lab):
     for mac in (r_mac, s_mac):
         assert capture.frames(mac, 0x0800) == 0 and capture.frames(mac, 0x0806) == 0
 
-    # Idempotence and check mode: nothing changes, on the hypervisor or in the guests.
-    start = time.monotonic()
-    rc, out2, recap = playbook(extra)
-    second_run = time.monotonic() - start
-    assert rc == 0, out2[-5000:]
-    assert all(r["changed"] == 0 for r in recap.values()), out2[-5000:]
-    rc, out3, recap = playbook(extra, "--check")
-    assert rc == 0, out3[-5000:]
-    assert all(r["changed"] == 0 for r in recap.values()), out3[-5000:]
-    print(
-        f"\nipv6: first run {first_run:.1f} s, second run {second_run:.1f} s,",
-        "converge per guest first",
-        converge_times(out),
-        "second",
-        converge_times(out2),
-    )
+    # Idempotence of the IPv6 stack in the guests, and check mode on it, are the Molecule
+    # scenarios' idempotence and check steps (v6_parallel, and the fleet's site a); this
+    # file's second run is the IPv4 test's (two more runs here cost 60-100 s of CI).
+    print(f"\nipv6: first run {first_run:.1f} s, converge per guest", converge_times(out))
 
 
 def test_ipv4_guest_has_no_ipv6_at_all(lab):
