@@ -1420,7 +1420,6 @@ def net(tmp_path_factory):
         for path in (
             f"/etc/sysctl.d/60-mv6-{NET_BRIDGE}.conf",
             f"/var/lib/mv6/{NET_TABLE}.loaded",
-            f"/var/lib/mv6/bridge-{NET_BRIDGE}.mv6",
             f"/run/mv6/locks/net-{NET_BRIDGE}.lock",
             f"/run/mv6/locks/net-{NET_BRIDGE}.guard",
             *NET_FILES,
