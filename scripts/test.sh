@@ -8,7 +8,11 @@
 # another, which leaves a core free. Run one after the other, the tiers would exceed the CI
 # budget (docs/testing.md, "The whole run").
 #
+# Sanity, the docs site and the files_only integration tests run beside the Molecule
+# scenarios, after the integration tests of the host (start_beside below).
+#
 #   MV6_TEST_FLEET=0 bash scripts/test.sh    every tier but the fleet
+#   MV6_TEST_BESIDE=0 bash scripts/test.sh   sanity, docs and integration-files in front, in turn
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 top=$(pwd)
@@ -29,21 +33,64 @@ failures() { # LOG TITLE
     | grep -a -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: |FAILED! =>' | cut -c1-600 | head -n 80 || true
 }
 
+stop_session() { # SID SECONDS: SIGTERM to every process of the session, SIGKILL after SECONDS
+  pkill -TERM -s "$1" 2>/dev/null || true
+  for _ in $(seq "$2"); do pgrep -s "$1" >/dev/null || break; sleep 1; done
+  pkill -KILL -s "$1" 2>/dev/null || true
+}
+
 stop_fleet() { # the fleet's run is still going: stop it and take the fleet down
   [[ -n $fleet_pid ]] || return 0
   if kill -0 "$fleet_pid" 2>/dev/null; then
     stamp "stopping the fleet scenario (the other tiers failed or were interrupted)"
     # Its whole session: timeout(1) puts molecule in a process group of its own. The
     # containers and probes are in sessions of their own too; fleet.sh down removes them.
-    pkill -TERM -s "$fleet_pid" 2>/dev/null || true
-    for _ in $(seq 60); do pgrep -s "$fleet_pid" >/dev/null || break; sleep 1; done
-    pkill -KILL -s "$fleet_pid" 2>/dev/null || true
+    stop_session "$fleet_pid" 60
     timeout 300 bash scripts/fleet.sh down >>"$fleet_log" 2>&1 || true
   fi
   fleet_pid=""
   remove_fleet_cgroup
 }
-trap stop_fleet EXIT
+# The tiers that touch nothing of the host's network, libvirt or /dev/kvm (sanity, the docs
+# site, the files_only integration tests: about 8 min) run beside the Molecule scenarios,
+# which keep about one core busy of the two; before, they ran one after the other in front.
+side_tiers=(sanity docs integration-files)
+side_pid=""
+if [[ ${MV6_TEST_BESIDE:-1} == 1 ]]; then
+  fg_tiers=(lint unit integration-host molecule)
+else
+  fg_tiers=(lint unit sanity docs integration-host integration-files molecule)
+fi
+rm -f "$logs/beside.failed"
+
+start_beside() {
+  stamp "${side_tiers[*]} started beside the scenarios; their logs: $logs/TIER.log"
+  # A session of its own (stop_beside), at a lower autogroup weight than the scenarios'.
+  # shellcheck disable=SC2016 # $1 and $@ expand in the inner shell
+  setsid bash -c 'echo "${MV6_TEST_BESIDE_NICE:-5}" >/proc/self/autogroup 2>/dev/null || true
+     logs=$1; shift
+     for tier in "$@"; do
+       start=$SECONDS
+       if make "$tier" >"$logs/$tier.log" 2>&1; then
+         printf "=== %s make %s passed in %s s (beside)\n" "$(date -u +%H:%M:%S)" "$tier" $((SECONDS - start))
+       else
+         printf "=== %s make %s FAILED after %s s (beside)\n" "$(date -u +%H:%M:%S)" "$tier" $((SECONDS - start))
+         echo "$tier" >"$logs/beside.failed"
+         exit 1
+       fi
+     done' _ "$logs" "${side_tiers[@]}" &
+  side_pid=$!
+}
+
+stop_beside() {
+  [[ -n $side_pid ]] || return 0
+  if kill -0 "$side_pid" 2>/dev/null; then
+    stamp "stopping ${side_tiers[*]} (the other tiers failed or were interrupted)"
+    stop_session "$side_pid" 30
+  fi
+  side_pid=""
+}
+trap 'stop_beside; stop_fleet' EXIT
 trap 'exit 130' INT TERM
 
 # The fleet's share of the CPU. nice(1) alone does not give one: with the kernel's autogroup
@@ -101,8 +148,12 @@ if [[ ${MV6_TEST_FLEET:-1} == 1 ]]; then
   fleet_pid=$!
 fi
 
+
 rc=0
-for tier in lint unit sanity docs integration molecule; do
+for tier in "${fg_tiers[@]}"; do
+  if [[ $tier == molecule && ${MV6_TEST_BESIDE:-1} == 1 ]]; then
+    start_beside
+  fi
   stamp "make $tier"
   start=$SECONDS
   if ! make "$tier" 2>&1 | tee "$logs/$tier.log"; then
@@ -114,7 +165,23 @@ for tier in lint unit sanity docs integration molecule; do
   stamp "make $tier passed in $((SECONDS - start)) s"
 done
 
+if ((rc == 0)) && [[ -n $side_pid ]]; then
+  stamp "waiting for ${side_tiers[*]}"
+  wait "$side_pid"
+  side_pid=""
+  if [[ -f $logs/beside.failed ]]; then
+    tier=$(cat "$logs/beside.failed")
+    stamp "make $tier (beside the scenarios) FAILED; the last 60 lines of its log:"
+    tail -n 60 "$logs/$tier.log"
+    rc=1
+    failed_log=$logs/$tier.log
+  else
+    stamp "${side_tiers[*]} passed"
+  fi
+fi
+
 if ((rc != 0)); then
+  stop_beside
   stop_fleet
   [[ -f $fleet_log ]] && { stamp "the fleet's log, last lines"; tail -n 60 "$fleet_log"; }
   failures "$failed_log" "make $tier"

@@ -40,11 +40,14 @@ def set_device_mode(mode: tuple[int, int, int], path: Path = KVM) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def kvm_device_like_udev():
+def kvm_device_like_udev(request):
     """Without udev this machine's /dev/kvm is root:root 0600 and libvirt re-probes QEMU on
     every call (issue: 40 s per define). The tests that do not run roles/hypervisor get
-    what the role gives a host (group kvm, 0660) for the session; the mode is put back."""
-    if not KVM.exists() or Path("/run/udev/control").exists():
+    what the role gives a host (group kvm, 0660) for the session; the mode is put back.
+    A session of ``files_only`` tests alone leaves the device alone: it runs beside the
+    Molecule scenarios, whose roles own the device then."""
+    files_only = all(item.get_closest_marker("files_only") for item in request.session.items)
+    if files_only or not KVM.exists() or Path("/run/udev/control").exists():
         yield
         return
     original = device_mode()

@@ -25,7 +25,7 @@ from ansible_collections.mv6.transition.plugins.module_utils import _diagram, _p
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.files_only]
 
 PLAY = """\
 - name: Plan the parallel network

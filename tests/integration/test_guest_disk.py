@@ -23,6 +23,7 @@ from conftest import run_playbook
 
 pytestmark = [
     pytest.mark.timeout(600),
+    pytest.mark.files_only,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to libvirt-qemu)"),
     pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img"),
 ]

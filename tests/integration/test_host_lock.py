@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import run_module
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.files_only]
 
 
 def test_two_spellings_of_one_directory_take_one_lock(tmp_path):

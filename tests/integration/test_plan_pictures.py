@@ -16,7 +16,7 @@ from ansible_collections.mv6.transition.plugins.module_utils import _diagram
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.files_only]
 
 
 def test_the_docs_pictures_are_current(tmp_path):

@@ -1,6 +1,8 @@
 """Scenario 1 of MV6: an IPv4-native host with IPv6-only guests.
 
-The isolation checks are shared with v4_parallel: molecule/shared/tests/test_network.py.
+Its checks are shared: molecule/shared/tests/test_network.py (with v4_parallel), then
+test_storage.py (disks are files), with test_adoption.py first and test_teardown.py last
+(the host already runs things, and the teardown leaves it as it started).
 """
 
 from __future__ import annotations
