@@ -42,14 +42,15 @@ unit:
 # The integration tests in two parts: those on the host's network, libvirt, guests and
 # /dev/kvm (they must not run beside the Molecule scenarios), and those marked files_only
 # (pyproject.toml), which scripts/test.sh runs beside the scenarios. `make integration` runs
-# both, one after the other.
+# both, one after the other. At its bound timeout(1) sends SIGTERM, which the tests turn into
+# a stop that tears their fixtures down (tests/integration/conftest.py); -k kills after that.
 integration: integration-host integration-files
 
 integration-host:
-	timeout 3300 $(BIN)/pytest tests/integration -m "not files_only" --durations=25
+	timeout -k 240 3300 $(BIN)/pytest tests/integration -m "not files_only" --durations=25
 
 integration-files:
-	timeout 900 $(BIN)/pytest tests/integration -m files_only --durations=10
+	timeout -k 120 900 $(BIN)/pytest tests/integration -m files_only --durations=10
 
 # ansible-test wants the collection at ansible_collections/NS/NAME, and reads every file of
 # the tree: run it on a copy of the tracked files only, never on a tree holding a venv.

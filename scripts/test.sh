@@ -30,7 +30,7 @@ stamp() { printf '=== %s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 failures() { # LOG TITLE
   stamp "$2: the failed tests and their errors"
   sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ //' "$1" \
-    | grep -a -E '^(FAILED|ERROR) |^E  |^fatal: |^failed: |FAILED! =>' | cut -c1-600 | head -n 80 || true
+    | grep -a -E '^(FAILED|ERROR) |^ERROR: |^E  |^fatal: |^failed: |FAILED! =>' | cut -c1-600 | head -n 80 || true
 }
 
 stop_session() { # SID SECONDS: SIGTERM to every process of the session, SIGKILL after SECONDS
@@ -165,16 +165,22 @@ for tier in "${fg_tiers[@]}"; do
   stamp "make $tier passed in $((SECONDS - start)) s"
 done
 
+beside_failure="" # the log of a tier beside the scenarios that failed
 if ((rc == 0)) && [[ -n $side_pid ]]; then
   stamp "waiting for ${side_tiers[*]}"
   wait "$side_pid"
+  side_rc=$?
   side_pid=""
   if [[ -f $logs/beside.failed ]]; then
     tier=$(cat "$logs/beside.failed")
-    stamp "make $tier (beside the scenarios) FAILED; the last 60 lines of its log:"
-    tail -n 60 "$logs/$tier.log"
     rc=1
     failed_log=$logs/$tier.log
+    beside_failure=$failed_log
+  elif ((side_rc != 0)); then # it ended without saying which tier (killed, say)
+    tier="${side_tiers[*]}"
+    stamp "the tiers beside the scenarios ended with rc $side_rc and no failed tier named"
+    rc=1
+    failed_log=/dev/null
   else
     stamp "${side_tiers[*]} passed"
   fi
@@ -184,6 +190,16 @@ if ((rc != 0)); then
   stop_beside
   stop_fleet
   [[ -f $fleet_log ]] && { stamp "the fleet's log, last lines"; tail -n 60 "$fleet_log"; }
+  # A tier beside the scenarios that failed before a foreground tier did is named too.
+  if [[ -z $beside_failure && -f $logs/beside.failed ]]; then
+    beside_failure=$logs/$(cat "$logs/beside.failed").log
+    stamp "also FAILED beside the scenarios: $(cat "$logs/beside.failed") ($beside_failure)"
+  fi
+  # CI keeps only the end of the output: the failed tier's own lines come last.
+  if [[ -n $beside_failure ]]; then
+    stamp "$beside_failure (beside the scenarios), last 60 lines:"
+    tail -n 60 "$beside_failure"
+  fi
   failures "$failed_log" "make $tier"
   exit 1
 fi

@@ -13,6 +13,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +38,19 @@ def device_mode(path: Path = KVM) -> tuple[int, int, int]:
 def set_device_mode(mode: tuple[int, int, int], path: Path = KVM) -> None:
     os.chown(path, mode[0], mode[1])
     os.chmod(path, mode[2])
+
+
+def _stop_on_sigterm(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_configure(config) -> None:
+    """timeout(1) (the Makefile's bound) and scripts/test.sh stop a run with SIGTERM, which
+    ends Python at once: the fixtures' finalizers never ran, and the links, namespaces,
+    tables and guests of the tests under way stayed on the machine (the 3 Dec CI run left
+    t-hvbr1, t-hv-q and a keeper's table). As KeyboardInterrupt, pytest stops the run and
+    tears its fixtures down first; the Makefile gives it `timeout -k` seconds for that."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ import os
 import pytest
 from mv6mol.adoption import compare, service_answers, service_pid
 from mv6mol.scenario import Scenario, load
-from mv6mol.site import bare, ephemeral_dir, link_exists, native_snapshot, run
+from mv6mol.site import bare, ephemeral_dir, native_snapshot, run
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,3 @@ def test_native_service_was_never_disturbed(scn: Scenario) -> None:
     os.kill(pid, 0)  # the very process started before converge still runs
     answer = service_answers(scn)
     assert answer == f"mv6-mol host-native {bare(scn.native['peer_addr'])}", answer
-
-
-def test_parallel_network_is_up_before_teardown(scn: Scenario) -> None:
-    """Control for the teardown test: there is something to take down."""
-    assert link_exists(scn.bridge), f"{scn.bridge} is missing after converge"
-    assert run("nft", "list", "table", "bridge", "mv6_isolation", check=False).strip()
-    domains = run("virsh", "-c", "qemu:///system", "list", "--name").split()
-    assert {g.name for g in scn.guests} <= set(domains), domains

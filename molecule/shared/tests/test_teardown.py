@@ -22,6 +22,14 @@ def scn() -> Scenario:
     return load()
 
 
+def test_parallel_network_is_up_before_teardown(scn: Scenario) -> None:
+    """Control for the teardown test: there is something to take down."""
+    assert link_exists(scn.bridge), f"{scn.bridge} is missing after converge"
+    assert run("nft", "list", "table", "bridge", "mv6_isolation", check=False).strip()
+    domains = run("virsh", "-c", "qemu:///system", "list", "--name").split()
+    assert {g.name for g in scn.guests} <= set(domains), domains
+
+
 def test_teardown_returns_the_host_to_where_it_started(scn: Scenario) -> None:
     pid = service_pid()
     res = ansible_run.playbook(

@@ -1,8 +1,10 @@
 """Scenario 1 of MV6: an IPv4-native host with IPv6-only guests.
 
-Its checks are shared: molecule/shared/tests/test_network.py (with v4_parallel), then
-test_storage.py (disks are files), with test_adoption.py first and test_teardown.py last
-(the host already runs things, and the teardown leaves it as it started).
+Its checks are shared, in molecule/shared/tests/, and run in this order: test_adoption.py
+(the host already runs things), test_network.py (with v4_parallel), test_storage.py (disks
+are files), test_teardown.py (the teardown leaves the host as it started). This file runs
+after them (Molecule sorts the verify files by path), so it reads only what the teardown
+keeps: the scenario's plan file and site description in its ephemeral directory.
 """
 
 from __future__ import annotations
