@@ -101,7 +101,7 @@ trap 'exit 130' INT TERM
 # three times slower beside it than alone. A CPU cgroup of its own makes the whole fleet one
 # entity of weight MV6_TEST_FLEET_SHARES (1024 is an equal share) against the other tiers; it
 # still takes all the CPU they leave idle. The fleet is not on the run's critical path: alone it
-# takes about 30 min, the integration and scenario tiers after the others about 70. So the
+# takes about 30 min, the other tiers about 66 in all (3 Dec 17:51 run). So the
 # fleet gets half an equal share by default (MV6_TEST_FLEET_SHARES=512; 0 for no cgroup, only
 # nice): when both want the CPU the foreground tiers get most of it, and the fleet still ends
 # first. Measured at 256 (3 Dec 07:04, with other runs of mine on the machine): the fleet
