@@ -9,14 +9,12 @@ handles check mode, diff mode and the result. The documentation is in modules/ad
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.mv6.transition.plugins.module_utils import _diagram, _plan
+from ansible_collections.mv6.transition.plugins.module_utils import _plan, _plan_store
 
 ARGUMENT_SPEC = {
     "plan_file": {"type": "path"},
@@ -24,6 +22,7 @@ ARGUMENT_SPEC = {
     "release_hosts": {"type": "list", "elements": "str", "default": []},
     "lock_timeout": {"type": "int", "default": 120},
     "diagram": {"type": "raw"},
+    "return_diagram": {"type": "bool", "default": False},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
 # Settings that plan v2 moved into mv6_parallel: an inventory that still sets one would be
@@ -71,46 +70,6 @@ def _native_facts(facts) -> dict:
                 values.append(f"{default['address']}/{default['prefix']}")
             native[f"ansible_default_{family}"] = [_plain(v) for v in values if v]
     return native
-
-
-def _current_picture(path: str | None, writing: bool = True) -> str | None:
-    """The text of the picture at path, None when there is none yet; ValueError when what is
-    there is anything but a picture this collection drew in a regular file (it is never
-    replaced), or when the picture could not be written there."""
-    if not path:
-        return None
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory) and not writing:
-        return None  # check mode on a new site: nothing is there, and nothing is written
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"diagram: the directory of {path} does not exist or is not writable; nothing was "
-            f"written (name another path, or an empty one for no picture)"
-        )
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(
-            f"diagram: {path} is not a regular file (a symlink, a directory, a FIFO or a "
-            f"device); it was kept, and nothing was written"
-        )
-    try:
-        # O_NOFOLLOW and O_NONBLOCK: what is swapped in after the lstat is not followed and
-        # cannot block the run (and with it the plan's lock).
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ValueError(f"diagram: cannot read {path} ({reason}); nothing was written") from None
-    if not _diagram.drawn_here(text):
-        raise ValueError(
-            f"diagram: {path} exists and is not a plan picture this collection drew; it was "
-            f"kept, and nothing was written (name another path, or an empty one for none)"
-        )
-    return text
 
 
 class ActionModule(ActionBase):
@@ -161,116 +120,112 @@ class ActionModule(ActionBase):
         # a guest name may not take: they are the guests themselves.
         groups = task_vars.get("groups") or {}
         added = set(groups.get("mv6_guests", []))
-        self._inventory_hosts = [str(h) for h in groups.get("all", []) if h not in added]
-        plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars)
-        if args["lock_timeout"] < 0:
+        keeper = self._keeper(hostvars, play_hosts)
+        plan_file = args["plan_file"] or self._plan_file(hostvars, task_vars, keeper)
+        if keeper and not os.path.isabs(plan_file):
+            # A path on the keeper: ~ or a relative path would be the controller's.
             raise AnsibleActionFail(
-                f"lock_timeout: must be 0 or more seconds, got {args['lock_timeout']}"
+                f"mv6_plan_file: {plan_file} is a path on the plan keeper {keeper} and must be "
+                f"absolute; nothing was planned or written"
             )
-        diagram = self._diagram_file(args["diagram"], hostvars, task_vars, plan_file)
-        try:
-            _current_picture(diagram, not self._task.check_mode)  # before anything is written
-        except ValueError as e:
-            raise AnsibleActionFail(str(e)) from e
-        # Check mode reads a file that is only ever replaced by rename: no lock needed, and
-        # no lock file is created.
-        lock = (
-            contextlib.nullcontext()
-            if self._task.check_mode
-            else _plan.locked_plan_file(plan_file, args["lock_timeout"])
-        )
-        try:
-            with lock:
-                before, after, plan = self._read_build_write(
-                    site, guests_by_host, native_by_host, plan_file, args
+        request = {
+            "native_family": site["mv6_native_family"][1],
+            "parallel": site["mv6_parallel"][1],
+            "guests_by_host": guests_by_host,
+            "native_by_host": native_by_host,
+            "inventory_hosts": [str(h) for h in groups.get("all", []) if h not in added],
+            "prune": args["prune"],
+            "release_hosts": args["release_hosts"],
+        }
+        diagram = _plain(args["diagram"])  # ansible-core 2.19 hands out tagged values
+        if diagram is None:
+            host = str(task_vars["inventory_hostname"])
+            diagram = self._host_var(hostvars[host], host, "mv6_plan_diagram")
+        if keeper:
+            done = self._plan_on_keeper(keeper, plan_file, request, diagram, args, task_vars)
+        else:
+            try:
+                done = _plan_store.plan_here(
+                    plan_file, request, self._task.check_mode, args["lock_timeout"], diagram
                 )
-                drawn = self._draw(plan, diagram)
-        except ValueError as e:
-            raise AnsibleActionFail(str(e)) from e
-        changed = after != before or drawn
+            except ValueError as e:
+                raise AnsibleActionFail(str(e)) from e
+        before, after, plan = done["before"], done["after"], done["plan"]
+        changed = after != before or done["drawn"]
 
-        result.update(changed=changed, plan=plan, plan_file=plan_file, diagram_file=diagram)
+        result.update(
+            changed=changed,
+            plan=plan,
+            plan_file=plan_file,
+            diagram_file=done["diagram_file"],
+            keeper=keeper,
+        )
+        if args["return_diagram"]:
+            result["diagram_svg"] = done["diagram_svg"]
         result["ansible_facts"] = {"mv6_plan": plan}
         if self._task.diff and changed:
             # One diff per file that changes: at fleet scale the host added, not the fleet.
             directory = _plan.hosts_dir(plan_file)
+            where = f"{keeper}:" if keeper else ""
             result["diff"] = [
                 {
                     "before": before.get(name, ""),
                     "after": after.get(name, ""),
-                    "before_header": os.path.join(directory, name) if name else plan_file,
-                    "after_header": os.path.join(directory, name) if name else plan_file,
+                    "before_header": where + (os.path.join(directory, name) if name else plan_file),
+                    "after_header": where + (os.path.join(directory, name) if name else plan_file),
                 }
                 for name in sorted(set(before) | set(after))
                 if before.get(name) != after.get(name)
             ]
         return result
 
-    def _read_build_write(self, site, guests_by_host, native_by_host, plan_file, args):
-        """Read the plan, build it, write the files that changed (not in check mode). A
-        version 1 plan file is migrated in place (a copy stays as PLAN_FILE.v1)."""
-        previous, before = _plan.read_plan(plan_file)
-        plan = _plan.build_plan(
-            site["mv6_native_family"][1],
-            site["mv6_parallel"][1],
-            guests_by_host,
-            previous,
-            prune=args["prune"],
-            release_hosts=args["release_hosts"],
-            native_by_host=native_by_host,
-            inventory_hosts=self._inventory_hosts,
+    def _plan_on_keeper(self, keeper, plan_file, request, diagram, args, task_vars) -> dict:
+        """Lock, read, plan, write and draw on the keeper, in one module run there: the task
+        is delegated to the keeper, so the module goes over the keeper's own connection."""
+        delegated = self._task.delegate_to
+        if str(delegated or "") != keeper:
+            raise AnsibleActionFail(
+                f"mv6_plan_keeper: is {keeper}, so the plan is kept there and the planner must "
+                f'run there: delegate the task to it (delegate_to: "{{{{ mv6_plan_keeper }}}}", '
+                f"as playbooks/plan.yml does), it is delegated to {delegated or 'no host'}; "
+                f"nothing was planned or written"
+            )
+        done = self._execute_module(
+            module_name="mv6.transition.plan_keeper",
+            module_args={
+                "op": "plan",
+                "plan_file": plan_file,
+                "request": request,
+                "diagram": diagram,
+                "lock_timeout": args["lock_timeout"],
+            },
+            task_vars=task_vars,
         )
-        after = _plan.dump_plan(plan, plan_file, previous, before)
-        if after != before and not self._task.check_mode:
-            migrating = previous is not None and previous.get("version") != plan["version"]
-            _plan.write_plan(plan_file, before, after, keep_v1=migrating)
-        return before, after, plan
-
-    def _draw(self, plan: dict, path: str | None) -> bool:
-        """Write the plan's picture to path when it differs (not in check mode): True when
-        it differs. The picture shows only what the plan holds, so that runs with different
-        --limit draw the same bytes for the same plan."""
-        if not path:
-            return False
-        text = _diagram.render(plan)
-        if _current_picture(path, not self._task.check_mode) == text:
-            return False
-        if not self._task.check_mode:
-            try:
-                _plan.write_plan_file(path, text, what="diagram")
-            except ValueError as e:
-                raise ValueError(f"{e}; the plan itself was written") from None
-        return True
+        if done.get("failed") or done.get("unreachable"):
+            message = done.get("msg") or done.get("module_stderr") or "the module failed"
+            raise AnsibleActionFail(f"plan keeper {keeper}: {message}", result=done)
+        return done
 
     @staticmethod
-    def _diagram_file(given, hostvars, task_vars, plan_file: str) -> str | None:
-        """The picture's path: the diagram argument, else mv6_plan_diagram of the first
-        host, else the plan file's name with .svg; an empty value draws none."""
-        given = _plain(given)  # ansible-core 2.19 hands out tagged values
-        if given is None:
-            host = str(task_vars["inventory_hostname"])
-            given = ActionModule._host_var(hostvars[host], host, "mv6_plan_diagram")
-        if given is None:
-            root, ext = os.path.splitext(plan_file)
-            return (root if ext in (".yml", ".yaml") else plan_file) + ".svg"
-        if given is False or given == "":
-            return None
-        if not isinstance(given, str):
+    def _keeper(hostvars, play_hosts) -> str | None:
+        """mv6_plan_keeper, one value for the whole play (it is the site's store), or None."""
+        found = None
+        for host in sorted(play_hosts):
+            value = ActionModule._host_var(hostvars[host], host, "mv6_plan_keeper") or None
+            if found is None:
+                found = (host, value)
+            elif found[1] != value:
+                raise AnsibleActionFail(
+                    f"mv6_plan_keeper: host {host} has a different value than host {found[0]}; "
+                    f"one plan is kept in one place (set it in group_vars)"
+                )
+        keeper = found[1] if found else None
+        if keeper is not None and (not isinstance(keeper, str) or keeper not in hostvars):
             raise AnsibleActionFail(
-                f"diagram: must be a path, or empty or false for no picture, got "
-                f"{type(given).__name__} {given!r}"
+                f"mv6_plan_keeper: {keeper!r} is not a host of the inventory; name the "
+                f"inventory host that keeps the plan, or leave it empty for the controller file"
             )
-        # A relative path is the plan file's neighbour, whatever directory the run started in.
-        path = os.path.join(os.path.dirname(plan_file), os.path.expanduser(given))
-        taken = {os.path.realpath(p) for p in (plan_file, f"{plan_file}.lock", f"{plan_file}.v1")}
-        real = os.path.realpath(path)
-        hosts = os.path.realpath(_plan.hosts_dir(plan_file))
-        if real in taken or real == hosts or real.startswith(hosts + os.sep):
-            raise AnsibleActionFail(
-                f"diagram: {given} is one of the plan's own files (the plan file, its lock, its "
-                f"version 1 copy or its host files); nothing was written"
-            )
-        return path
+        return keeper
 
     @staticmethod
     def _host_var(hv, host: str, name: str):
@@ -280,9 +235,11 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"{name}: cannot be read for host {host}: {e}") from e
 
     @staticmethod
-    def _plan_file(hostvars, task_vars) -> str:
+    def _plan_file(hostvars, task_vars, keeper: str | None) -> str:
         host = str(task_vars["inventory_hostname"])
         path = ActionModule._host_var(hostvars[host], host, "mv6_plan_file")
+        if keeper:
+            return str(path) if path else _plan_store.KEEPER_PLAN_FILE
         if path:
             return os.path.expanduser(str(path))
         inventory_dir = task_vars.get("inventory_dir")
