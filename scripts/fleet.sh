@@ -55,6 +55,9 @@ packages=(
   systemd-sysv dbus openssh-server python3 python3-apt python3-libvirt python3-lxml
   iproute2 nftables python3-nftables libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   procps kmod sudo e2fsprogs
+  # what the plan keeper's module needs (mv6.transition.plan_keeper; hv1 keeps a plan in the
+  # AWX job tests)
+  python3-yaml python3-netaddr
 )
 rootfs_version=1
 segments=(100 101 102 103 104 105 106 107 108 109 200)

@@ -14,17 +14,11 @@ import time
 
 import pytest
 from mv6mol import fleet
+from mv6mol.fleet import figure
 
 pytestmark = pytest.mark.timeout(900)
 
 SITE_A_GUESTS = {"web6-1": "hv1", "web6-2": "hv2", "web6-3": "hv3"}
-
-
-def figure(name: str, value) -> None:
-    path = fleet.ephemeral() / "fleet-figures.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = value
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
 def wait_agent(host: str, name: str, timeout: float = 420) -> float:

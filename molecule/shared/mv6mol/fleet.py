@@ -57,6 +57,14 @@ def ephemeral() -> Path:
     return Path(os.environ.get("MV6_FLEET_RUN_DIR", "/var/tmp/mv6-fleet-run"))
 
 
+def figure(name: str, value) -> None:
+    """Record a figure the fleet measured in fleet-figures.json of the run directory."""
+    path = ephemeral() / "fleet-figures.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = value
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
 def env() -> dict[str, str]:
     out = dict(os.environ)
     out.update(
