@@ -185,15 +185,20 @@ def read_here(plan_file: str, native_family=None, parallel=None, host: str | Non
     return _plan.upgrade_plan(plan, native_family, parallel)
 
 
-def store_here(plan_file: str, plan: dict, check_mode: bool, lock_timeout: float) -> dict:
+def store_here(
+    plan_file: str, plan: dict, check_mode: bool, lock_timeout: float, diagram=None
+) -> dict:
     """Keep plan (read from the other store) at plan_file, in the plan's lock: when no plan
     is there yet, or the same one (then nothing changes). A different plan there is never
-    replaced: both stores would hold allocations, and one of them would be lost. Returns
-    before and after as plan_here() does."""
+    replaced: both stores would hold allocations, and one of them would be lost. The picture
+    is drawn beside it as the planner draws it. Returns before and after as plan_here()
+    does, and whether the picture changed."""
     plan = _plan.check_plan(plan)
     if plan.get("version") != _plan.PLAN_VERSION:
         raise ValueError("plan: only a version 2 plan is moved; run the planner once first")
+    picture = diagram_path(diagram, plan_file)
     _make_directory(plan_file, check_mode)
+    current_picture(picture, not check_mode)
     lock = (
         contextlib.nullcontext() if check_mode else _plan.locked_plan_file(plan_file, lock_timeout)
     )
@@ -207,4 +212,5 @@ def store_here(plan_file: str, plan: dict, check_mode: bool, lock_timeout: float
             )
         if after != before and not check_mode:
             _plan.write_plan(plan_file, before, after)
-    return {"before": before, "after": after, "plan": plan}
+        drawn = _draw(plan, picture, check_mode)[0]
+    return {"before": before, "after": after, "plan": plan, "drawn": drawn}

@@ -28,15 +28,21 @@ description:
   - Every input is checked before anything is written. An error names the variable and the
     reason. A plan file that cannot be read or parsed is never overwritten.
   - The same inputs give a byte-identical plan file. The file is replaced atomically.
-  - See C(docs/planner.md) in the collection for the allocation rules.
+  - With a plan keeper (the variable C(mv6_plan_keeper), an inventory host), the plan is kept
+    on that host. Delegate the task to it (C(delegate_to), as C(playbooks/plan.yml) does); the
+    lock, the read, the plan, the write and the picture then happen there, in one run of
+    M(mv6.transition.plan_keeper) over the keeper's own connection.
+  - See C(docs/planner.md) in the collection for the allocation rules and the keeper.
 author:
   - mv6.transition developers (@mv6)
 options:
   plan_file:
     description:
-      - Path of the plan file on the controller.
+      - Path of the plan file on the controller, or on the keeper when C(mv6_plan_keeper) is
+        set (then absolute).
       - Defaults to the variable C(mv6_plan_file) of the first host, else
-        C(<inventory_dir>/mv6_plan.yml).
+        C(<inventory_dir>/mv6_plan.yml) on the controller and C(/var/lib/mv6-plan/mv6_plan.yml)
+        on a keeper.
     type: path
   prune:
     description:
@@ -62,8 +68,8 @@ options:
     default: 120
   diagram:
     description:
-      - Path on the controller of the plan's picture, an SVG drawn by
-        P(mv6.transition.plan_diagram#filter) from the plan alone (so that runs with
+      - Path of the plan's picture, on the controller or on the keeper (beside the plan), an
+        SVG drawn by P(mv6.transition.plan_diagram#filter) from the plan alone (so that runs with
         different C(--limit) draw the same bytes for the same plan). It is written, in the
         same lock and atomically, when it is missing or differs from what the plan draws
         (the plan changed, or a new version of the collection draws it otherwise), and that
@@ -75,6 +81,12 @@ options:
         collection did not draw, anything but a regular file there (a symlink, a FIFO), a
         directory that does not exist or is not writable, and the plan's own files.
     type: raw
+  return_diagram:
+    description:
+      - Return the picture's text as RV(diagram_svg) (C(plan.yml) gives it to AWX as an
+        artifact).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -99,6 +111,7 @@ requirements:
 notes:
   - The returned fact C(mv6_plan) is set on every host of the play.
 seealso:
+  - module: mv6.transition.plan_keeper
   - plugin: mv6.transition.host_plan
     plugin_type: filter
   - plugin: mv6.transition.guest_plan
@@ -158,4 +171,12 @@ diagram_file:
   returned: success
   type: str
   sample: /srv/inventory/mv6_plan.svg
+diagram_svg:
+  description: The picture's text (null when none is drawn).
+  returned: O(return_diagram=true)
+  type: str
+keeper:
+  description: The plan keeper the plan is kept on, or null for the controller's file.
+  returned: success
+  type: str
 """

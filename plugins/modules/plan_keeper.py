@@ -55,9 +55,9 @@ options:
     type: str
   diagram:
     description:
-      - With O(op=plan), the picture's path on the keeper, as the option C(diagram) of
-        M(mv6.transition.address_plan) (null is the plan file's name with C(.svg), an empty
-        string no picture).
+      - With O(op=plan) and O(op=store), the picture's path beside the plan, as the option
+        C(diagram) of M(mv6.transition.address_plan) (null is the plan file's name with
+        C(.svg), an empty string no picture).
     type: raw
   lock_timeout:
     description: Seconds to wait for another run that holds the plan's lock.
@@ -146,8 +146,11 @@ def main() -> None:
             plan = _plan_store.read_here(path, p["native_family"], p["parallel"], p["host"])
             module.exit_json(changed=False, plan=plan, plan_file=path)
         if p["op"] == "store":
-            done = _plan_store.store_here(path, p["plan"], module.check_mode, p["lock_timeout"])
-            module.exit_json(changed=done["after"] != done["before"], plan_file=path, **done)
+            done = _plan_store.store_here(
+                path, p["plan"], module.check_mode, p["lock_timeout"], p["diagram"]
+            )
+            changed = done["after"] != done["before"] or done["drawn"]
+            module.exit_json(changed=changed, plan_file=path, **done)
         done = _plan_store.plan_here(
             path,
             p["request"],
