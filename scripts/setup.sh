@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One set-up path for a fresh Debian 12 machine, run as root: Debian packages, the libvirt
-# daemons, a venv at .venv with the pinned Python packages, the collection made visible to
-# ansible from this checkout, and the ansible-test pip bootstrap stand-in.
+# daemons, a venv at .venv with the pinned Python packages of requirements-test.txt, the
+# collection made visible to ansible from this checkout, and the ansible-test pip bootstrap
+# stand-in.
 # Running it a second time changes nothing.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,15 +45,17 @@ if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
+# requirements-test.txt includes requirements.txt (what the controller needs): the stamp
+# hashes both, so that a change to either installs again.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(sha256sum requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   log "installing pinned Python packages"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q -r requirements-test.txt
   echo "$want" > "$stamp"
 else
-  log "Python packages match requirements.txt"
+  log "Python packages match requirements.txt and requirements-test.txt"
 fi
 
 # The guest_agent connection's compile cache for the modules the venv's Python runs (the lab,

@@ -7,6 +7,7 @@ which leaves site b adopted on hv4 with its plan in the controller's file.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -164,25 +165,33 @@ def test_a_verify_job_returns_its_audit_as_artifacts(project, collections):
 
 
 def test_the_plan_inventory_source_yields_the_guests_from_the_keeper(project, collections):
-    listed = subprocess.run(
-        [
-            str(awx.VENV_BIN / "ansible-inventory"),
-            "-i",
-            str(project / "inventory" / "hosts.yml"),
-            "-i",
-            str(project / "guests.mv6.yml"),
-            "--list",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**fleet.env(), "ANSIBLE_COLLECTIONS_PATH": f"{collections}:{awx.SITE_PACKAGES}"},
-        check=False,
-    )
-    assert listed.returncode == 0, listed.stderr
-    data = yaml.safe_load(listed.stdout)
-    assert data["mv6_guests"]["hosts"] == ["legacy4"], data
-    assert data["_meta"]["hostvars"]["legacy4"]["mv6_guest_hypervisor"] == "hv4"
+    def inventory(*args):
+        proc = subprocess.run(
+            [
+                str(awx.VENV_BIN / "ansible-inventory"),
+                "-i",
+                str(project / "inventory" / "hosts.yml"),
+                "-i",
+                str(project / "guests.mv6.yml"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={
+                **fleet.env(),
+                "ANSIBLE_COLLECTIONS_PATH": f"{collections}:{awx.SITE_PACKAGES}",
+                "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "1",
+            },
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    assert inventory("--list")["mv6_guests"]["hosts"] == ["legacy4"]
+    legacy4 = inventory("--host", "legacy4")
+    assert legacy4["mv6_guest_hypervisor"] == "hv4", legacy4
+    assert legacy4["ansible_connection"] == "mv6.transition.guest_agent", legacy4
     # As an AWX inventory source: a job of the user's reaches the guest through hv4.
     result = job(
         project,

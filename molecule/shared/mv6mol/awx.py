@@ -122,7 +122,7 @@ class Job:
         return True
 
     def saw(self, event: str, task: str) -> bool:
-        return any(e == event and task in t for e, t, _ in list(self.seen))
+        return any(e == event and task in t for e, t, _when in list(self.seen))
 
     def _environment(self) -> dict:
         paths = [str(self.collections)] if self.collections else [str(PROJECT / ".collections")]
@@ -157,6 +157,9 @@ class Job:
             config = private / "no-ansible.cfg"
             config.write_text("[defaults]\n")
         env["ANSIBLE_CONFIG"] = str(config)
+        # A job runs in its project directory: PWD (which verify.yml's default report
+        # directory follows) names it, never the directory the test was started from.
+        env["PWD"] = str(project)
         inventory_env = {**os.environ, **env}
         _inventory_script(
             [project / i for i in self.inventory], private / "inventory", inventory_env
