@@ -22,8 +22,20 @@ src=$work/src
 mkdir -p "$src/guide" "$src/playbooks"
 # antsibull-docs refuses a destination that others may write to.
 install -d -m 0700 "$src/collection"
-antsibull-docs collection --use-current --squash-hierarchy --fail-on-error \
-  --dest-dir "$src/collection" mv6.transition
+# The collection is not on Galaxy: its pages link to the collection's index of this site and
+# name the install from the built tarball (scripts/collection.sh, docs/execution_environment.md)
+# instead of antsibull-docs' Galaxy defaults.
+version=$(sed -n 's/^version: *//p' galaxy.yml)
+cat >"$work/antsibull-docs.cfg" <<EOF
+collection_url = {
+    "mv6.transition" = "index.html"
+}
+collection_install = {
+    "mv6.transition" = "ansible-galaxy collection install --offline mv6-transition-$version.tar.gz"
+}
+EOF
+antsibull-docs --config-file "$work/antsibull-docs.cfg" collection --use-current \
+  --squash-hierarchy --fail-on-error --dest-dir "$src/collection" mv6.transition
 cp docs/site/index.rst docs/site/ansible.rst "$src/"
 cp docs/*.md "$src/guide/"
 cp -r docs/pictures "$src/guide/pictures"
