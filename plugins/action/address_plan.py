@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
 from ansible_collections.mv6.transition.plugins.module_utils import _plan, _plan_store
 
@@ -23,6 +23,7 @@ ARGUMENT_SPEC = {
     "lock_timeout": {"type": "int", "default": 120},
     "diagram": {"type": "raw"},
     "return_diagram": {"type": "bool", "default": False},
+    "keeper_create": {"type": "bool", "default": False},
 }
 SITE_VARIABLES = ("mv6_native_family", "mv6_parallel")
 # Settings that plan v2 moved into mv6_parallel: an inventory that still sets one would be
@@ -190,7 +191,21 @@ class ActionModule(ActionBase):
                 f"as playbooks/plan.yml does), it is delegated to {delegated or 'no host'}; "
                 f"nothing was planned or written"
             )
-        done = self._execute_module(
+        try:
+            done = self._keeper_module(plan_file, request, diagram, args, task_vars)
+        except AnsibleConnectionFailure as e:
+            # Name the keeper: ansible-core would report the play's host as unreachable.
+            raise AnsibleActionFail(
+                f"mv6_plan_keeper: the plan keeper {keeper} cannot be reached: {e.message}; "
+                f"nothing was planned or written"
+            ) from None
+        if done.get("failed") or done.get("unreachable"):
+            message = done.get("msg") or done.get("module_stderr") or "the module failed"
+            raise AnsibleActionFail(f"plan keeper {keeper}: {message}", result=done)
+        return done
+
+    def _keeper_module(self, plan_file, request, diagram, args, task_vars) -> dict:
+        return self._execute_module(
             module_name="mv6.transition.plan_keeper",
             module_args={
                 "op": "plan",
@@ -198,13 +213,10 @@ class ActionModule(ActionBase):
                 "request": request,
                 "diagram": diagram,
                 "lock_timeout": args["lock_timeout"],
+                "create": args["keeper_create"],
             },
             task_vars=task_vars,
         )
-        if done.get("failed") or done.get("unreachable"):
-            message = done.get("msg") or done.get("module_stderr") or "the module failed"
-            raise AnsibleActionFail(f"plan keeper {keeper}: {message}", result=done)
-        return done
 
     @staticmethod
     def _keeper(hostvars, play_hosts) -> str | None:
@@ -243,6 +255,17 @@ class ActionModule(ActionBase):
         if path:
             return os.path.expanduser(str(path))
         inventory_dir = task_vars.get("inventory_dir")
+        job = task_vars.get("awx_job_id", task_vars.get("tower_job_id"))
+        if job is not None:
+            # An AWX job's inventory directory is in its private data directory, which goes
+            # with the job: every allocation would be forgotten after it (docs/awx.md).
+            raise AnsibleActionFail(
+                f"mv6_plan_keeper: this is AWX job {job}, and without a plan keeper the plan "
+                f"would be the file {os.path.join(str(inventory_dir), 'mv6_plan.yml')}, in the "
+                f"job's own directory, which goes with the job: name the inventory host that "
+                f"keeps the plan in mv6_plan_keeper, or set mv6_plan_file to a path that outlives "
+                f"the job; nothing was planned or written"
+            )
         if not inventory_dir:
             raise AnsibleActionFail(
                 "plan_file: not given, and neither mv6_plan_file nor inventory_dir is defined"

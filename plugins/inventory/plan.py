@@ -521,6 +521,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                         f"plan_file: guest {name} of hypervisor {hv} has the name of a"
                         f" hypervisor of the plan or of the keeper"
                     )
+                known = self.inventory.get_host(name)
+                if known is not None and group not in [g.name for g in known.get_groups()]:
+                    # Merged into it, the guest's connection would take that host's over: its
+                    # tasks would run in a virtual machine.
+                    raise AnsibleParserError(
+                        f"plan_file: guest {name} of hypervisor {hv} has the name of host"
+                        f" {name} of another inventory source; rename the guest or the host"
+                    )
                 self.inventory.add_group(hv_guests)
                 self.inventory.add_child(group, hv_guests)
                 self.inventory.add_host(name, group=group)

@@ -125,15 +125,20 @@ def plan_here(
     lock_timeout: float,
     diagram=None,
     make_directory: bool = False,
+    create: bool = True,
 ) -> dict:
     """Lock, read, plan, write and draw, in one step, on this machine. request holds what the
     planner read from the play: native_family, parallel, guests_by_host, native_by_host,
     inventory_hosts, prune, release_hosts. Returns before and after ({name: text} of the
     plan's files), the plan, whether the picture changed, its path and its text. ValueError
-    names the variable when anything is wrong; nothing is written then."""
+    names the variable when anything is wrong; nothing is written then. With create false,
+    a plan must be there already: the keeper never starts a new plan by itself, since a new
+    plan would give the site's hosts and guests new addresses and MACs."""
     if lock_timeout < 0:
         raise ValueError(f"lock_timeout: must be 0 or more seconds, got {lock_timeout}")
     picture = diagram_path(diagram, plan_file)
+    if not create:
+        _refuse_a_new_plan(plan_file)  # before the directory is made
     if make_directory:
         _make_directory(plan_file, check_mode)
     current_picture(picture, not check_mode)  # refused before anything is written
@@ -144,6 +149,8 @@ def plan_here(
     )
     with lock:
         previous, before = _plan.read_plan(plan_file)
+        if previous is None and not create:
+            _refuse_a_new_plan(plan_file, empty=True)
         plan = _plan.build_plan(
             request["native_family"],
             request["parallel"],
@@ -167,6 +174,18 @@ def plan_here(
         "diagram_file": picture,
         "diagram_svg": svg,
     }
+
+
+def _refuse_a_new_plan(plan_file: str, empty: bool = False) -> None:
+    if empty or not os.path.lexists(plan_file):
+        raise ValueError(
+            f"mv6_plan_keeper_create: no plan at {plan_file}, and the keeper starts a new plan"
+            " only when told to: a new plan gives every host and guest of the site new"
+            " addresses and MACs. If the plan is in the controller's file, move it with"
+            " playbooks/plan_move.yml (mv6_plan_move=to_keeper); if mv6_plan_file or"
+            " mv6_plan_keeper is mistyped, correct it; for the first plan of a new site, run"
+            " once with mv6_plan_keeper_create=true. Nothing was planned or written"
+        )
 
 
 def read_here(plan_file: str, native_family=None, parallel=None, host: str | None = None):

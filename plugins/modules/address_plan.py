@@ -87,6 +87,21 @@ options:
         artifact).
     type: bool
     default: false
+  keeper_create:
+    description:
+      - With a plan keeper (C(mv6_plan_keeper)), whether the keeper may start a new plan when
+        none is at the plan file's path there. C(playbooks/plan.yml) passes the variable
+        C(mv6_plan_keeper_create).
+      - V(false) refuses before anything is written, since a new plan gives every host and guest of
+        the site new addresses and MACs, which is what a mistyped path or keeper, or a plan
+        never moved from the controller's file (C(playbooks/plan_move.yml)), would do without
+        a word. Set V(true) once, for the first plan of a new site.
+      - Without a keeper, a missing plan file is a new plan, as for C(ansible-playbook) users
+        it always was; in an AWX job (C(awx_job_id) is defined) the default plan file, in the
+        job's inventory directory, is refused, since it goes with the job; name a keeper, or
+        set C(mv6_plan_file) to a path that outlives the job.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow

@@ -63,6 +63,14 @@ options:
     description: Seconds to wait for another run that holds the plan's lock.
     type: int
     default: 120
+  create:
+    description:
+      - With O(op=plan), whether a new plan may be started when none is at O(plan_file).
+      - V(false) refuses, before anything is written, since a new plan would give the site's hosts
+        and guests new addresses and MACs, which is what a mistyped path or keeper, or a plan
+        that was never moved from the controller's file, would do without a word.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -135,6 +143,7 @@ def main() -> None:
             "host": {"type": "str"},
             "diagram": {"type": "raw"},
             "lock_timeout": {"type": "int", "default": 120},
+            "create": {"type": "bool", "default": False},
         },
         required_if=[("op", "plan", ["request"]), ("op", "store", ["plan"])],
         supports_check_mode=True,
@@ -158,6 +167,7 @@ def main() -> None:
             p["lock_timeout"],
             diagram=p["diagram"],
             make_directory=True,
+            create=p["create"],
         )
     except ValueError as e:
         module.fail_json(msg=f"{e} (on the plan keeper)", plan_file=path)

@@ -41,7 +41,14 @@ def write_project(root: Path, kept: Path | None, guests: dict[str, list[str]]) -
         "mv6_parallel": {"prefix": "2001:db8:6f0::/48"},
     }
     if kept is not None:
-        site.update({"mv6_plan_keeper": "keeper", "mv6_plan_file": str(kept)})
+        # These sites are new: the keeper may start their plan (it refuses by default).
+        site.update(
+            {
+                "mv6_plan_keeper": "keeper",
+                "mv6_plan_file": str(kept),
+                "mv6_plan_keeper_create": True,
+            }
+        )
     hosts = {
         "all": {
             "vars": {
@@ -114,18 +121,39 @@ def show_job(project: Path, collections: Path) -> dict:
     return result["artifacts"]["plan"]
 
 
-def test_without_a_keeper_each_job_plans_from_nothing(tmp_path, collections):
+def test_without_a_keeper_a_job_refuses_the_plan_file_that_goes_with_it(tmp_path, collections):
     """Why the keeper exists: the default plan file is in the job's inventory directory,
-    inside its private data directory, and gone after the job. Removing db6 then moves web6
-    to db6's address and MAC (the measurement in issue 14), and nothing is left behind."""
+    inside its private data directory, and gone after the job; each job would plan from
+    nothing (removing db6 moved web6 to db6's address and MAC, the measurement in issue 14).
+    So an AWX job without a keeper and without mv6_plan_file is refused before any change."""
     project = write_project(tmp_path / "p1", None, GUESTS)
-    first = show_job(project, collections)["hosts"]["hva"]["guests"]
-    write_project(project, None, {"hva": ["web6"], "hvb": ["app6"]})
-    second = show_job(project, collections)["hosts"]["hva"]["guests"]
-    assert "db6" not in second  # not even released: the first job's plan is gone
-    assert second["web6"]["mac"] == first["db6"]["mac"] != first["web6"]["mac"]
-    assert second["web6"]["address"] != first["web6"]["address"]
+    result = plan_job(project, collections, "plan").run()
+    assert result["rc"] != 0
+    failures = " ".join(m for msgs in result["failures"].values() for m in msgs)
+    assert "mv6_plan_keeper: this is AWX job" in failures, awx.summary(result)
+    assert "set mv6_plan_file to a path that outlives the job" in failures
     assert not list(tmp_path.rglob("mv6_plan.yml"))
+
+
+def test_a_keeper_starts_a_new_plan_only_when_told_to(tmp_path, collections):
+    """A mistyped path, or a plan never moved from the controller's file, would otherwise be
+    a new plan with new addresses for every host: refused, and nothing is written there."""
+    kept = tmp_path / "keeper" / "site.yml"
+    project = write_project(tmp_path / "p", kept, GUESTS)
+    result = plan_job(
+        project, collections, "plan", extra_vars={"mv6_plan_keeper_create": False}
+    ).run()
+    assert result["rc"] != 0
+    failures = " ".join(m for msgs in result["failures"].values() for m in msgs)
+    assert "mv6_plan_keeper_create: no plan at" in failures, awx.summary(result)
+    assert "plan_move.yml" in failures
+    assert not kept.parent.exists()
+    # Told to, it starts one; after that the variable is not needed.
+    created = plan_job(project, collections, "plan").run()
+    assert created["rc"] == 0, awx.summary(created)
+    again = plan_job(project, collections, "plan", extra_vars={"mv6_plan_keeper_create": False})
+    result = again.run()
+    assert result["rc"] == 0 and awx.changed(result) == {}, awx.summary(result)
 
 
 def test_with_a_keeper_the_same_jobs_keep_web6_where_it_was(tmp_path, collections):

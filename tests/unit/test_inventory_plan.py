@@ -508,7 +508,8 @@ def test_an_unreachable_keeper_fails_quickly_and_names_it(tmp_path):
           hosts:
             planhost:
               ansible_connection: ssh
-              ansible_host: 203.0.113.254
+              # loopback, where nothing listens: test traffic never leaves this machine
+              ansible_host: 127.0.0.1
               ansible_port: 9
               ansible_ssh_common_args: -o ConnectTimeout=2
               # ssh takes the first ConnectTimeout it is given: the plugin's own (timeout)
@@ -607,3 +608,42 @@ def test_the_keeper_command_is_one_shell_command_that_only_reads(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         assert tar.getnames() == ["mv6_plan.yml"]
     assert sorted(os.listdir(tmp_path)) == ["mv6_plan.yml"]
+
+
+def test_a_guest_named_like_a_host_of_another_source_is_refused(tmp_path):
+    """Merged into that host, the guest's connection variables would take its over, and the
+    host's tasks would run in a virtual machine."""
+    plan_file = tmp_path / "inv" / "mv6_plan.yml"
+    site_plan(plan_file)
+    hosts = write(tmp_path / "inv" / "hosts.yml", "all:\n  hosts:\n    web6:\n")
+    source = config(tmp_path / "inv" / "guests.mv6.yml", plan_file="mv6_plan.yml")
+    stderr = inventory(hosts, source, ok=False)
+    assert "guest web6 of hypervisor hv1 has the name of host web6 of another" in stderr
+
+
+def test_the_example_awx_inventory_reaches_its_keeper_as_root(tmp_path):
+    """inventories/awx/ as the guests' inventory source reads it: the keeper's user and SSH
+    options come from group_vars/all.yml (use_vars_plugins). The keeper's address is moved
+    to loopback, where nothing listens, so the attempt fails at once; its log shows the
+    connection it was given."""
+    copy = tmp_path / "awx"
+    shutil.copytree(ROOT / "inventories" / "awx", copy)
+    hosts = yaml.safe_load((copy / "hosts.yml").read_text())
+    keeper = hosts["all"]["children"]["mv6_plan_keepers"]["hosts"]["planhost"]
+    keeper.update(ansible_host="127.0.0.1", ansible_port=9)
+    (copy / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(copy), "--list", "-vvvv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    exec_lines = [line for line in proc.stdout.splitlines() if "SSH: EXEC ssh" in line]
+    assert exec_lines, proc.stdout[-3000:]
+    assert 'User="root"' in exec_lines[0], exec_lines[0]
+    assert "ServerAliveInterval=5" in exec_lines[0], exec_lines[0]
+    assert "keeper: cannot reach 'planhost'" in " ".join(proc.stderr.split()), proc.stderr

@@ -226,6 +226,8 @@ def test_concurrent_slices_on_a_remote_keeper_lose_nothing(tmp_path, collections
                             "mv6_parallel": {"prefix": "2001:db8:900::/48"},
                             "mv6_plan_keeper": KEEPER,
                             "mv6_plan_file": KEPT_C,
+                            # a new site: the keeper may start its plan
+                            "mv6_plan_keeper_create": True,
                         },
                     },
                     "mv6_plan_keepers": {
